@@ -1,0 +1,196 @@
+/**
+ * A test backend: answers every path with JSON naming itself and echoing the request, plus a
+ * few endpoints and live switches to misbehave on purpose. Used by `npm run dummies`, the demo,
+ * the end-to-end tests (test/fixtures/backend-server.ts) and the benchmark.
+ *
+ *   GET  /health                 200 {"status":"ok"} (503 after POST /_dummy/unhealthy)
+ *   ANY  /delay/{ms}             answers after ms milliseconds
+ *   ANY  /status/{code}          answers with that status
+ *   GET  /bytes/{n}              n bytes of body (streamed, chunked 64 KiB)
+ *   POST /_dummy/unhealthy       /health answers 503 from now on
+ *   POST /_dummy/healthy         /health answers 200 again
+ *   ANY  anything else           200 JSON: backend, method, path, headers, bodyBytes, bodySha256
+ */
+import { createHash } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+export interface DummyBackendOptions {
+  name: string;
+  port?: number;
+  host?: string;
+}
+
+export type Misbehaviour = 'reset' | 'hang' | 'drop-mid-body' | 'garbage';
+
+const CHUNK = Buffer.alloc(64 * 1024, 'x');
+
+export class DummyBackend {
+  readonly name: string;
+  readonly server: http.Server;
+  /** Requests received (all paths, health probes included). */
+  requests = 0;
+  /** Requests received, health probes excluded. */
+  proxied = 0;
+  healthy = true;
+  /** Extra latency for every non-health request (ms). */
+  delayMs = 0;
+  /** Status for every non-health request, when set. */
+  forcedStatus: number | undefined = undefined;
+  private nextFaults: Misbehaviour[] = [];
+  private alwaysFault: Misbehaviour | undefined = undefined;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(opts: DummyBackendOptions) {
+    this.name = opts.name;
+    this.server = http.createServer((req, res) => this.handle(req, res));
+    this.server.keepAliveTimeout = 5000;
+    this.server.on('connection', (s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+  }
+
+  async listen(port = 0, host = '127.0.0.1'): Promise<this> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    return this;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  get url(): string {
+    const a = this.server.address() as AddressInfo;
+    return a.family === 'IPv6' ? `http://[${a.address}]:${a.port}` : `http://${a.address}:${a.port}`;
+  }
+
+  /** The next non-health request misbehaves this way (queued, one each). */
+  failNext(kind: Misbehaviour): void {
+    this.nextFaults.push(kind);
+  }
+
+  /** Every non-health request misbehaves this way until `behave()`. */
+  failAlways(kind: Misbehaviour): void {
+    this.alwaysFault = kind;
+  }
+
+  behave(): void {
+    this.alwaysFault = undefined;
+    this.nextFaults = [];
+    this.delayMs = 0;
+    this.forcedStatus = undefined;
+    this.healthy = true;
+  }
+
+  /** Number of open client connections (to check for leaks). */
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    this.requests++;
+    const url = req.url ?? '/';
+    const path = url.split('?')[0];
+    if (path === '/health') {
+      req.resume();
+      return this.json(res, this.healthy ? 200 : 503, { status: this.healthy ? 'ok' : 'unhealthy', backend: this.name });
+    }
+    if (req.method === 'POST' && (path === '/_dummy/unhealthy' || path === '/_dummy/healthy')) {
+      this.healthy = path === '/_dummy/healthy';
+      req.resume();
+      return this.json(res, 200, { backend: this.name, healthy: this.healthy });
+    }
+    this.proxied++;
+    const fault = this.nextFaults.shift() ?? this.alwaysFault;
+    if (fault === 'reset') {
+      req.socket.resetAndDestroy();
+      return;
+    }
+    if (fault === 'hang') {
+      req.resume();
+      return; // never answers
+    }
+    if (fault === 'garbage') {
+      req.resume();
+      req.socket.end('this is not HTTP\r\n\r\n');
+      return;
+    }
+    const delay = this.delayMatch(path) ?? this.delayMs;
+    const respond = () => {
+      if (fault === 'drop-mid-body') return this.dropMidBody(res);
+      const statusMatch = /^\/status\/(\d{3})$/.exec(path);
+      const bytesMatch = /^\/bytes\/(\d+)$/.exec(path);
+      if (bytesMatch) return this.bytes(req, res, Number(bytesMatch[1]));
+      this.echo(req, res, statusMatch ? Number(statusMatch[1]) : (this.forcedStatus ?? 200));
+    };
+    if (delay > 0) setTimeout(respond, delay);
+    else respond();
+  }
+
+  private delayMatch(path: string): number | undefined {
+    const m = /^\/delay\/(\d+)$/.exec(path);
+    return m ? Number(m[1]) : undefined;
+  }
+
+  private echo(req: IncomingMessage, res: ServerResponse, status: number): void {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    req.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      hash.update(chunk);
+    });
+    req.on('end', () => {
+      this.json(res, status, {
+        backend: this.name,
+        method: req.method,
+        path: req.url,
+        httpVersion: req.httpVersion,
+        headers: req.headers,
+        bodyBytes: bytes,
+        bodySha256: hash.digest('hex'),
+      });
+    });
+  }
+
+  private bytes(req: IncomingMessage, res: ServerResponse, n: number): void {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(n), 'x-backend': this.name });
+    let left = n;
+    const pump = () => {
+      while (left > 0) {
+        const chunk = left >= CHUNK.length ? CHUNK : CHUNK.subarray(0, left);
+        left -= chunk.length;
+        if (!res.write(chunk)) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      res.end();
+    };
+    pump();
+  }
+
+  private dropMidBody(res: ServerResponse): void {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(CHUNK.length * 4), 'x-backend': this.name });
+    res.write(CHUNK, () => setTimeout(() => res.socket?.destroy(), 20));
+  }
+
+  private json(res: ServerResponse, status: number, body: unknown): void {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-backend': this.name });
+    res.end(text);
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Owns the Backend objects and their health. It is the only writer of health state: probes and
+ * the proxy engine report outcomes, the registry applies thresholds, logs transitions (never
+ * every tick), and publishes a new immutable snapshot of eligible backends that the data plane
+ * reads without locks or copies.
+ */
+import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { Backend, type HealthSource } from './backend.js';
+
+@Injectable()
+export class BackendRegistry implements OnApplicationShutdown {
+  private readonly logger = new Logger(BackendRegistry.name);
+  /** Every configured backend, enabled or not, in config order. */
+  readonly all: readonly Backend[];
+  private eligible: readonly Backend[];
+
+  constructor(@Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig) {
+    const u = cfg.upstream;
+    const agentOptions = {
+      connectTimeoutMs: u.connectTimeout,
+      readTimeoutMs: u.timeout,
+      idleTimeoutMs: u.keepAliveTimeout,
+      maxSockets: u.maxSockets,
+      maxFreeSockets: u.maxFreeSockets,
+    };
+    this.all = Object.freeze(cfg.backend.map((b) => new Backend(b, agentOptions)));
+    this.eligible = this.buildEligible();
+  }
+
+  /** Enabled, healthy backends in config order. Replaced (never mutated) on every change. */
+  get healthy(): readonly Backend[] {
+    return this.eligible;
+  }
+
+  get enabled(): readonly Backend[] {
+    return this.all.filter((b) => b.enabled);
+  }
+
+  /** Outcome of one active probe; thresholds decide whether health changes. */
+  reportProbe(backend: Backend, ok: boolean, detail: string, latencyMs: number): void {
+    backend.lastProbe = { at: Date.now(), ok, detail, latencyMs };
+    const hc = this.cfg.healthCheck;
+    if (ok) {
+      backend.consecutiveFailures = 0;
+      backend.consecutiveSuccesses++;
+      if (!backend.healthy && backend.consecutiveSuccesses >= hc.healthyThreshold) {
+        this.transition(backend, true, 'probe', `${backend.consecutiveSuccesses} passing probe(s), last: ${detail}`);
+      }
+    } else {
+      backend.consecutiveSuccesses = 0;
+      backend.consecutiveFailures++;
+      if (backend.healthy && backend.consecutiveFailures >= hc.unhealthyThreshold) {
+        this.transition(backend, false, 'probe', `${backend.consecutiveFailures} failing probe(s), last: ${detail}`);
+      }
+    }
+  }
+
+  /**
+   * A forwarded request failed at the connection level (refused, reset, connect timeout):
+   * the backend leaves the rotation at once. Active probes, or the cool-down when they are
+   * off, bring it back.
+   */
+  reportPassiveFailure(backend: Backend, reason: string): void {
+    backend.consecutiveSuccesses = 0;
+    if (!backend.healthy) return;
+    backend.cooldownUntil = Date.now() + this.cfg.healthCheck.cooldown;
+    this.transition(backend, false, 'passive', reason);
+  }
+
+  /** With active checks off: re-admit backends whose cool-down has passed. */
+  releaseCooledDown(now: number): void {
+    for (const b of this.all) {
+      if (b.enabled && !b.healthy && b.cooldownUntil <= now) {
+        this.transition(b, true, 'cooldown', 'cool-down over, trying it again');
+      }
+    }
+  }
+
+  private transition(backend: Backend, healthy: boolean, source: HealthSource, reason: string): void {
+    backend.healthy = healthy;
+    backend.consecutiveFailures = 0;
+    backend.consecutiveSuccesses = 0;
+    backend.lastChange = { at: Date.now(), healthy, source, reason };
+    this.eligible = this.buildEligible();
+    const left = this.eligible.length;
+    if (healthy) this.logger.log(`backend "${backend.id}" is UP (${source}: ${reason}); ${left} healthy`);
+    else this.logger.warn(`backend "${backend.id}" is DOWN (${source}: ${reason}); ${left} healthy`);
+  }
+
+  private buildEligible(): readonly Backend[] {
+    return Object.freeze(this.all.filter((b) => b.enabled && b.healthy));
+  }
+
+  onApplicationShutdown(): void {
+    for (const b of this.all) b.destroy();
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * The one schema for config.yaml. Validation, defaults, TypeScript types (`z.infer`) and the
+ * field documentation all come from here; the README's config reference mirrors the
+ * `.describe()` texts.
+ *
+ * The seed format (`proxy: {host, port}` + `backend: [{name, url, enabled}]`) is a valid
+ * config on its own: every other key is optional and has a default.
+ */
+import { z } from 'zod';
+import { STRATEGY_NAMES } from '../load-balancer/strategy.registry.js';
+import { formatDurationMs, parseDurationMs } from './duration.js';
+
+/** A duration such as "10s", "500ms", "2m" or a number of milliseconds, with bounds. */
+function duration(opts: { min?: number; max?: number } = {}) {
+  const { min = 0, max = 24 * 3_600_000 } = opts;
+  return z.union([z.string(), z.number()]).transform((value, ctx) => {
+    const ms = parseDurationMs(value);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: `expected a duration such as "10s", "500ms" or a number of milliseconds, got ${JSON.stringify(value)}` });
+      return z.NEVER;
+    }
+    if (ms < min || ms > max) {
+      ctx.addIssue({ code: 'custom', message: `must be between ${formatDurationMs(min)} and ${formatDurationMs(max)} (got ${JSON.stringify(value)})` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+}
+
+/** A TCP port given as a number or a numeric string (the seed writes `port: "8080"`). */
+const port = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const n = typeof value === 'number' ? value : /^\d+$/.test(value.trim()) ? Number(value) : NaN;
+  if (!Number.isInteger(n) || n < 0 || n > 65535) {
+    ctx.addIssue({ code: 'custom', message: `expected a port number from 0 to 65535, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return n;
+});
+
+const positiveInt = (max: number) => z.number().int().min(1).max(max);
+
+const httpUrl = z.string().transform((value, ctx) => {
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} is not an http(s) URL (write it as "http://host:port")` });
+    return z.NEVER;
+  }
+  if (url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} must not carry a query, fragment or credentials` });
+    return z.NEVER;
+  }
+  return value;
+});
+
+const urlPath = z.string().regex(/^\/[^\s?#]*$/, { message: 'expected an absolute path such as "/health"' });
+
+export const backendSchema = z
+  .strictObject({
+    name: z.string().min(1).max(128).regex(/^[A-Za-z0-9._:-]+$/, { message: 'use letters, digits, ".", "_", ":" or "-"' })
+      .optional().describe('Unique name, used in logs, /health and metrics. Default: the URL\'s host:port.'),
+    url: httpUrl.describe('Base URL of the backend, "http://host:port" (https is accepted). A path is prefixed to every proxied path.'),
+    enabled: z.boolean().prefault(true).describe('A disabled backend is never picked and never probed. Default true.'),
+  })
+  .describe('One upstream server.');
+
+export const configSchema = z
+  .strictObject({
+    proxy: z
+      .strictObject({
+        host: z.string().min(1).prefault('0.0.0.0').describe('Address the proxy listens on. Default "0.0.0.0".'),
+        port: port.prefault(8080).describe('Port the proxy listens on, number or string; 0 picks a free port. Default 8080.'),
+        healthPath: urlPath.prefault('/health').describe('Path of the proxy\'s own health endpoint. Default "/health".'),
+        shutdownTimeout: duration({ max: 3_600_000 }).prefault('30s').describe('How long in-flight requests may run after SIGTERM before their connections are cut. Default 30s.'),
+        shutdownDelay: duration({ max: 600_000 }).prefault(0).describe('How long /health reports 503 before the listener closes on SIGTERM (lets load balancers drop the instance first). Default 0.'),
+        keepAliveTimeout: duration({ min: 0, max: 3_600_000 }).prefault('75s').describe('How long an idle client keep-alive connection stays open. Default 75s (nginx keepalive_timeout).'),
+        headersTimeout: duration({ min: 1000, max: 600_000 }).prefault('60s').describe('A client must send its complete request headers within this time. Default 60s.'),
+      })
+      .prefault({})
+      .describe('The listener.'),
+    backend: z.array(backendSchema).min(1, { message: 'at least one backend is required' }).describe('The upstream servers, in order.'),
+    loadBalancer: z
+      .strictObject({
+        strategy: z.string().prefault('round-robin').describe(`How a backend is chosen: ${STRATEGY_NAMES.join(', ')}. Default "round-robin".`),
+      })
+      .prefault({})
+      .describe('Load-balancing policy.'),
+    healthCheck: z
+      .strictObject({
+        enabled: z.boolean().prefault(true).describe('Run active health checks. Default true. Passive marking applies either way.'),
+        path: urlPath.prefault('/health').describe('Path probed with GET on each enabled backend. Default "/health".'),
+        interval: duration({ min: 1000, max: 3_600_000 }).prefault('10s').describe('Time between probes of one backend; at least 1s (probes are scheduled by a once-a-second cron tick). Default 10s.'),
+        timeout: duration({ min: 10, max: 600_000 }).prefault('2s').describe('A probe that has no complete answer within this time fails. Default 2s.'),
+        healthyThreshold: positiveInt(100).prefault(2).describe('Consecutive passing probes that bring an unhealthy backend back. Default 2.'),
+        unhealthyThreshold: positiveInt(100).prefault(3).describe('Consecutive failing probes that take a healthy backend out. Default 3.'),
+        cooldown: duration({ min: 100, max: 3_600_000 }).prefault('10s').describe('With active checks off, how long a passively failed backend rests before it is tried again. Default 10s.'),
+      })
+      .prefault({})
+      .describe('Active and passive health checking.'),
+    upstream: z
+      .strictObject({
+        connectTimeout: duration({ min: 10, max: 600_000 }).prefault('5s').describe('Time allowed to open a TCP connection to a backend; then 504. Default 5s.'),
+        timeout: duration({ min: 10, max: 3_600_000 }).prefault('60s').describe('Longest silence from a backend while waiting for or reading its response; then 504 (or a cut connection once the response began). Default 60s.'),
+        keepAliveTimeout: duration({ min: 100, max: 600_000 }).prefault('4s').describe('Idle keep-alive connections to a backend are closed after this. Keep it below the backend\'s own idle timeout (Node\'s is 5s). Default 4s.'),
+        maxSockets: positiveInt(65_536).prefault(512).describe('Most connections open to one backend; further requests queue. Default 512.'),
+        maxFreeSockets: positiveInt(65_536).prefault(64).describe('Most idle keep-alive connections kept per backend. Default 64.'),
+        retries: z.number().int().min(0).max(10).prefault(2).describe('How many other backends a failed request may be retried on (only requests without a body, and only when it is safe). Default 2.'),
+      })
+      .prefault({})
+      .describe('How the proxy talks to backends.'),
+  })
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.backend.forEach((b, i) => {
+      const name = b.name ?? hostPortOf(b.url);
+      const first = seen.get(name);
+      if (first !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['backend', i, b.name ? 'name' : 'url'], message: `duplicate backend name "${name}" (also backend[${first}])` });
+      } else seen.set(name, i);
+    });
+    if (cfg.backend.length > 0 && !cfg.backend.some((b) => b.enabled)) {
+      ctx.addIssue({ code: 'custom', path: ['backend'], message: 'every backend is disabled; enable at least one' });
+    }
+    if (!STRATEGY_NAMES.includes(cfg.loadBalancer.strategy)) {
+      ctx.addIssue({ code: 'custom', path: ['loadBalancer', 'strategy'], message: `unknown "${cfg.loadBalancer.strategy}"; expected one of ${STRATEGY_NAMES.join(', ')}` });
+    }
+  })
+  .describe('config.yaml');
+
+export function hostPortOf(url: string): string {
+  const u = new URL(url);
+  return u.port ? `${u.hostname}:${u.port}` : `${u.hostname}:${u.protocol === 'https:' ? 443 : 80}`;
+}
+
+/** The validated config as consumers see it (frozen, durations in ms, names filled in). */
+export type ProxymityConfig = DeepReadonly<Omit<z.output<typeof configSchema>, 'backend'> & { backend: BackendConfig[] }>;
+export type BackendConfig = { name: string; url: string; enabled: boolean };
+
+type DeepReadonly<T> = T extends (infer U)[] ? readonly DeepReadonly<U>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;

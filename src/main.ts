@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+/**
+ * Bootstrap only: read the config, start the app, handle signals.
+ *
+ *   proxymity [--config FILE] [--log-level LEVEL]
+ */
+import { Logger, type LogLevel } from '@nestjs/common';
+import { ConfigError, loadConfigFile, resolveConfigPath } from './config/index.js';
+import { startProxymity } from './proxymity.js';
+
+const LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'];
+const USAGE = `Usage: proxymity [--config FILE] [--log-level LEVEL]
+
+  --config, -c FILE   config file (default: $PROXYMITY_CONFIG, else ./config.yaml)
+  --log-level LEVEL   one of ${LEVELS.join(', ')} (default: log, or $PROXYMITY_LOG_LEVEL)
+  --help, -h          this text
+`;
+
+async function main(argv: string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const level = (flagValue(argv, '--log-level') ?? process.env.PROXYMITY_LOG_LEVEL ?? 'log') as LogLevel;
+  if (!LEVELS.includes(level)) return fail(`--log-level: unknown "${level}"; expected one of ${LEVELS.join(', ')}`, 2);
+  const logLevels = LEVELS.slice(0, LEVELS.indexOf(level) + 1);
+
+  let config;
+  try {
+    config = loadConfigFile(resolveConfigPath(argv, process.env));
+  } catch (err) {
+    if (err instanceof ConfigError) return fail(err.message, 2);
+    throw err;
+  }
+
+  const logger = new Logger('Proxymity');
+  let proxy;
+  try {
+    proxy = await startProxymity(config, { logger: logLevels });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
+      return fail(`cannot listen on ${config.proxy.host}:${config.proxy.port}: ${e.code} (${e.message})`, 1);
+    }
+    throw err;
+  }
+  const enabled = config.backend.filter((b) => b.enabled).length;
+  logger.log(`listening on ${proxy.url}, ${enabled} backend(s), strategy ${config.loadBalancer.strategy}`);
+
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      logger.warn(`${signal} again: exiting now`);
+      process.exit(1);
+    }
+    stopping = true;
+    proxy.close(signal).then(
+      () => process.exit(0),
+      (err: Error) => {
+        logger.error(`shutdown failed: ${err.stack ?? err.message}`);
+        process.exit(1);
+      },
+    );
+  };
+  // Our own handlers rather than app.enableShutdownHooks(): Nest re-raises the signal after
+  // its hooks (exit status 143 instead of 0) and ignores a second signal.
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+function flagValue(argv: string[], flag: string): string | undefined {
+  const i = argv.findIndex((a) => a === flag || a.startsWith(`${flag}=`));
+  if (i < 0) return undefined;
+  return argv[i].includes('=') ? argv[i].slice(flag.length + 1) : argv[i + 1];
+}
+
+function fail(message: string, code: number): void {
+  process.stderr.write(`${message}\n`);
+  process.exitCode = code;
+}
+
+// Last resort: a bug that escaped every handler is logged, then the process exits so a
+// supervisor restarts it in a known state.
+process.on('uncaughtException', (err) => {
+  new Logger('Proxymity').fatal(`uncaught exception: ${err.stack ?? err.message}`);
+  process.exit(70);
+});
+process.on('unhandledRejection', (reason) => {
+  new Logger('Proxymity').fatal(`unhandled rejection: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
+  process.exit(70);
+});
+
+void main(process.argv.slice(2));

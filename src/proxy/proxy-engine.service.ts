@@ -1,0 +1,306 @@
+/**
+ * DATA PLANE. The only file that imports http-proxy.
+ *
+ * Constraints (see STYLE.md §3): nothing here throws into the caller, nothing awaits, nothing is
+ * parsed or built per request that could be built per backend, and every failure becomes one
+ * response (or one cut connection once a response has begun), one log line and one count.
+ *
+ * Each backend gets one http-proxy server (its "forwarder") with a fixed target and agent, its
+ * `error` listener registered once, and a pass list of exactly one pass, `forwardPass`, which
+ * replaces http-proxy's own `deleteLength`, `timeout`, `XHeaders` and `stream` passes:
+ * - `stream` runs `url.parse` on every request and rebuilds the path with `common.urlJoin`,
+ *   which collapses `//` and re-escapes characters, so the backend would not get the path the
+ *   client sent; it copies the header object and ten TLS keys into a fresh options object;
+ * - its `proxyTimeout` aborts with the same ECONNRESET as a real reset, so a timeout (504)
+ *   could not be told from a reset (502);
+ * - it aborts the upstream request only on the client's `aborted` event, which Node no longer
+ *   emits once the request body is complete, so a client that gives up while the backend
+ *   thinks would leave the upstream request running;
+ * - `deleteLength` rewrites DELETE/OPTIONS framing, and we set X-Forwarded-* ourselves.
+ * Calling `forwarder.web(req, res)` with no options argument keeps http-proxy from copying its
+ * options per call; responses are handled here (the `selfHandleResponse` path), with headers
+ * written in one `writeHead` call.
+ */
+import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import httpProxy from 'http-proxy';
+import { BackendRegistry } from '../backend/backend-registry.service.js';
+import type { Backend } from '../backend/backend.js';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
+import { buildResponseHeaders } from './hop-headers.js';
+import {
+  classifyUpstreamError,
+  CONNECT_TIMEOUT,
+  ERROR_BODIES,
+  isNotSent,
+  isPassiveFailure,
+  PROXY_ERRORS,
+  READ_TIMEOUT,
+  type ProxyErrorCode,
+} from './proxy-errors.js';
+
+const kExchange = Symbol('proxymity.exchange');
+const kBackend = Symbol('proxymity.backend');
+
+type Forwarder = httpProxy;
+type WithExchange<T> = T & { [kExchange]?: Exchange };
+
+/** Methods that RFC 9110 §9.2.2 calls idempotent: safe to resend after a reset. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/**
+ * Per-request state: the one object a proxied request allocates besides what Node and the
+ * upstream request need. Fixed shape, so handlers that read it stay monomorphic.
+ */
+class Exchange {
+  /** Backend of the current attempt; holds one of its `inFlight` slots until released. */
+  backend: Backend | undefined = undefined;
+  upstream: ClientRequest | undefined = undefined;
+  tried: Backend[] | undefined = undefined;
+  attempts = 0;
+  staleRetried = false;
+  /** Set when the client connection closed (normally or not); nothing more is written. */
+  closed = false;
+
+  constructor(
+    readonly engine: ProxyEngine,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly requestId: string,
+    /** No request body: the request can be replayed on another backend. */
+    readonly bodyless: boolean,
+  ) {}
+}
+
+@Injectable()
+export class ProxyEngine {
+  private readonly logger = new Logger(ProxyEngine.name);
+  /** Proxied requests whose client connection has not closed yet (graceful shutdown waits on it). */
+  inFlight = 0;
+  /** Set while shutting down: responses carry `Connection: close`. */
+  draining = false;
+  private readonly retries: number;
+
+  constructor(
+    private readonly registry: BackendRegistry,
+    private readonly lb: LoadBalancerService,
+    @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
+  ) {
+    this.retries = cfg.upstream.retries;
+  }
+
+  /** Forwards `req` to `backend`; every outcome is handled inside. */
+  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string): void {
+    const ex = new Exchange(this, req, res, requestId, isBodyless(req));
+    (res as WithExchange<ServerResponse>)[kExchange] = ex;
+    res.once('close', onClientClose);
+    this.inFlight++;
+    this.attempt(ex, backend);
+  }
+
+  /** Answers with the error `code` (no backend involved). */
+  reject(req: IncomingMessage, res: ServerResponse, code: ProxyErrorCode, requestId: string): void {
+    if (code === 'destination_unavailable') {
+      this.logger.warn(`${req.method} ${req.url} -> 503 ${code}: no healthy backend [request ${requestId}]`);
+    }
+    writeError(res, code, requestId);
+  }
+
+  private attempt(ex: Exchange, backend: Backend): void {
+    ex.backend = backend;
+    ex.attempts++;
+    backend.inFlight++;
+    const forwarder = (backend.forwarder as Forwarder | undefined) ?? this.createForwarder(backend);
+    forwarder.web(ex.req, ex.res);
+  }
+
+  private createForwarder(backend: Backend): Forwarder {
+    const forwarder = httpProxy.createProxyServer({ target: backend.url as unknown as string, agent: backend.agent, [kBackend]: backend } as httpProxy.ServerOptions);
+    (forwarder as unknown as { webPasses: unknown[] }).webPasses = [forwardPass];
+    // The one error listener of this forwarder: every upstream failure arrives here.
+    forwarder.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | import('node:net').Socket) => {
+      const ex = (res as WithExchange<ServerResponse>)[kExchange];
+      if (ex !== undefined) this.onUpstreamError(ex, err as NodeJS.ErrnoException);
+    });
+    backend.forwarder = forwarder;
+    return forwarder;
+  }
+
+  /** @internal called by the handlers below. */
+  onUpstreamError(ex: Exchange, err: NodeJS.ErrnoException): void {
+    const up = ex.upstream;
+    const backend = ex.backend;
+    ex.upstream = undefined;
+    this.release(ex);
+    if (ex.closed || backend === undefined) return; // the client left first; counted as 499 there
+    const code = classifyUpstreamError(err);
+    const beforeResponse = !ex.res.headersSent;
+    // A keep-alive socket the backend closed just as we reused it: not the backend's fault.
+    const stale = beforeResponse && code === 'connection_terminated' && up?.reusedSocket === true;
+    if (isPassiveFailure(code) && !stale) this.registry.reportPassiveFailure(backend, `${code}: ${err.message}`);
+
+    if (beforeResponse) {
+      const next = this.retryTarget(ex, backend, code, stale);
+      if (next !== undefined) {
+        this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after ${code} from "${backend.id}" [request ${ex.requestId}]`);
+        this.attempt(ex, next);
+        return;
+      }
+      const status = PROXY_ERRORS[code].status;
+      this.logger.warn(`${ex.req.method} ${ex.req.url} -> ${status} ${code} from "${backend.id}" after ${ex.attempts} attempt(s): ${err.message} [request ${ex.requestId}]`);
+      writeError(ex.res, code, ex.requestId);
+      return;
+    }
+    // Headers already went out: the only honest signal left is to cut the connection.
+    this.logger.warn(`${ex.req.method} ${ex.req.url}: response from "${backend.id}" cut mid-body (${code}: ${err.message}) [request ${ex.requestId}]`);
+    ex.res.destroy();
+  }
+
+  private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode, stale: boolean): Backend | undefined {
+    if (!ex.bodyless) return undefined;
+    if (stale && !ex.staleRetried && IDEMPOTENT.has(ex.req.method ?? '')) {
+      ex.staleRetried = true; // one fresh connection to the same backend
+      return failed;
+    }
+    if (ex.attempts > this.retries) return undefined;
+    if (!isNotSent(code) && !(code === 'connection_terminated' && IDEMPOTENT.has(ex.req.method ?? ''))) return undefined;
+    (ex.tried ??= []).push(failed);
+    return this.lb.pickExcluding(ex.req, ex.tried);
+  }
+
+  /** @internal */
+  onUpstreamResponse(ex: Exchange, up: ClientRequest, pres: IncomingMessage): void {
+    if (ex.upstream !== up || ex.closed) {
+      pres.resume();
+      return;
+    }
+    const res = ex.res;
+    try {
+      res.writeHead(pres.statusCode ?? 502, pres.statusMessage, buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion));
+    } catch (err) {
+      // Node refuses a header the backend sent (e.g. an invalid character): that is a bad response.
+      const e = err as NodeJS.ErrnoException;
+      up.destroy();
+      this.onUpstreamError(ex, Object.assign(new Error(`invalid response header: ${e.message}`), { code: 'HPE_INVALID_HEADER' }));
+      return;
+    }
+    (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
+    pres.on('error', onUpstreamBodyError);
+    pres.pipe(res);
+  }
+
+  /** @internal the client connection closed: normal end, or the client gave up. */
+  onClientClose(ex: Exchange): void {
+    ex.closed = true;
+    this.inFlight--;
+    const up = ex.upstream;
+    this.release(ex);
+    if (!ex.res.writableFinished) {
+      // 499 in nginx's and Caddy's terms: nothing is written, the upstream request is cancelled.
+      if (up !== undefined && !up.destroyed) up.destroy();
+      this.logger.debug(`${ex.req.method} ${ex.req.url}: client closed the connection (499) [request ${ex.requestId}]`);
+    }
+    ex.upstream = undefined;
+  }
+
+  private release(ex: Exchange): void {
+    const b = ex.backend;
+    if (b !== undefined) {
+      b.inFlight--;
+      ex.backend = undefined;
+    }
+  }
+}
+
+// ---- handlers shared by every request: registered per request, allocated once -------------
+
+/** The single http-proxy pass: starts the upstream request for the forwarder's backend. */
+function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBackend]: Backend }): boolean {
+  const ex = (res as WithExchange<ServerResponse>)[kExchange] as Exchange;
+  const backend = options[kBackend];
+  const url = req.url as string;
+  const requestOptions: http.RequestOptions = {
+    protocol: backend.protocol,
+    hostname: backend.hostname,
+    port: backend.port,
+    method: req.method,
+    path: backend.basePath === '' ? url : backend.basePath + url,
+    headers: req.headers,
+    agent: backend.agent,
+  };
+  let up: ClientRequest;
+  try {
+    up = backend.protocol === 'https:' ? https.request(requestOptions) : http.request(requestOptions);
+  } catch (err) {
+    // Node validates the method, path and headers here; a request it cannot send is the client's fault.
+    const e = err as NodeJS.ErrnoException;
+    ex.engine.onUpstreamError(ex, Object.assign(new Error(e.message), { code: 'ERR_INVALID_REQUEST' }));
+    return true;
+  }
+  (up as WithExchange<ClientRequest>)[kExchange] = ex;
+  ex.upstream = up;
+  up.on('response', onUpstreamResponse);
+  up.on('error', onUpstreamError);
+  up.on('timeout', onUpstreamTimeout);
+  if (ex.bodyless) up.end();
+  else req.pipe(up);
+  return true;
+}
+
+function onUpstreamResponse(this: WithExchange<ClientRequest>, pres: IncomingMessage): void {
+  const ex = this[kExchange];
+  if (ex !== undefined) ex.engine.onUpstreamResponse(ex, this, pres);
+}
+
+function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
+  const ex = this[kExchange];
+  if (ex === undefined || ex.upstream !== this) return; // a superseded attempt
+  const forwarder = ex.backend?.forwarder as Forwarder | undefined;
+  if (forwarder !== undefined) forwarder.emit('error', err, ex.req, ex.res, ex.backend?.url);
+  else ex.engine.onUpstreamError(ex, err);
+}
+
+/** Fired by the socket timeouts the backend's agent sets (connect, then read). */
+function onUpstreamTimeout(this: ClientRequest): void {
+  const connecting = this.socket?.connecting === true;
+  const err: NodeJS.ErrnoException = new Error(connecting ? 'connect timeout' : 'no data from the backend within the upstream timeout');
+  err.code = connecting ? CONNECT_TIMEOUT : READ_TIMEOUT;
+  this.destroy(err);
+}
+
+function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): void {
+  const ex = this[kExchange];
+  if (ex === undefined || ex.closed) return;
+  const up = ex.upstream;
+  if (up !== undefined) onUpstreamError.call(up as WithExchange<ClientRequest>, err);
+  else ex.res.destroy();
+}
+
+function onClientClose(this: WithExchange<ServerResponse>): void {
+  const ex = this[kExchange];
+  if (ex !== undefined) ex.engine.onClientClose(ex);
+}
+
+function isBodyless(req: IncomingMessage): boolean {
+  const h = req.headers;
+  const cl = h['content-length'];
+  return h['transfer-encoding'] === undefined && (cl === undefined || cl === '0');
+}
+
+const ERROR_HEAD_503 = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store', 'retry-after', '1'];
+const ERROR_HEAD = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'];
+
+function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  const status = PROXY_ERRORS[code].status;
+  const body = ERROR_BODIES[code];
+  const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
+  res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId]);
+  res.end(body);
+}

@@ -1,0 +1,79 @@
+/**
+ * The one mapping from a failure to what the client gets. Codes are stable snake_case
+ * identifiers and, where RFC 9209 defines one, are its proxy error types; they appear in the
+ * `Proxy-Status` response header, the error body, logs and (later) metrics.
+ */
+export const PROXY_ERRORS = {
+  /** No eligible backend (all unhealthy or disabled). */
+  destination_unavailable: { status: 503, text: 'no healthy backend is available' },
+  connection_refused: { status: 502, text: 'the backend refused the connection' },
+  connection_terminated: { status: 502, text: 'the backend closed the connection before responding' },
+  connection_timeout: { status: 504, text: 'the backend did not accept the connection in time' },
+  http_response_timeout: { status: 504, text: 'the backend did not respond in time' },
+  dns_error: { status: 502, text: 'the backend host name could not be resolved' },
+  destination_ip_unroutable: { status: 502, text: 'the backend address is unreachable' },
+  http_protocol_error: { status: 502, text: 'the backend sent an invalid HTTP response' },
+  tls_certificate_error: { status: 502, text: 'the backend TLS certificate was not accepted' },
+  tls_protocol_error: { status: 502, text: 'the TLS handshake with the backend failed' },
+  http_request_error: { status: 400, text: 'the request target is not valid' },
+  proxy_internal_error: { status: 502, text: 'the request to the backend failed' },
+} as const;
+
+export type ProxyErrorCode = keyof typeof PROXY_ERRORS;
+
+/** Codes that mean the request never reached the backend, so any method may be retried. */
+const NOT_SENT: ReadonlySet<ProxyErrorCode> = new Set<ProxyErrorCode>([
+  'connection_refused', 'connection_timeout', 'dns_error', 'destination_ip_unroutable', 'tls_certificate_error', 'tls_protocol_error',
+]);
+
+/** Codes that count against the backend's health at once (passive check). */
+const PASSIVE_FAILURE: ReadonlySet<ProxyErrorCode> = new Set<ProxyErrorCode>([
+  'connection_refused', 'connection_terminated', 'connection_timeout', 'dns_error', 'destination_ip_unroutable', 'http_protocol_error', 'tls_protocol_error',
+]);
+
+export const isNotSent = (code: ProxyErrorCode): boolean => NOT_SENT.has(code);
+export const isPassiveFailure = (code: ProxyErrorCode): boolean => PASSIVE_FAILURE.has(code);
+
+/** Error codes set by the engine for its own timeouts. */
+export const CONNECT_TIMEOUT = 'PROXYMITY_CONNECT_TIMEOUT';
+export const READ_TIMEOUT = 'PROXYMITY_READ_TIMEOUT';
+
+const TLS_CERT = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME/;
+
+export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCode {
+  const code = err.code ?? '';
+  switch (code) {
+    case 'ECONNREFUSED':
+      return 'connection_refused';
+    case CONNECT_TIMEOUT:
+      return 'connection_timeout';
+    case READ_TIMEOUT:
+      return 'http_response_timeout';
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'ECONNABORTED':
+      return 'connection_terminated';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_FAIL':
+    case 'EAI_NONAME':
+      return 'dns_error';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EADDRNOTAVAIL':
+      return 'destination_ip_unroutable';
+    case 'ETIMEDOUT':
+      return 'connection_timeout';
+  }
+  if (code.startsWith('HPE_')) return 'http_protocol_error';
+  if (TLS_CERT.test(code)) return 'tls_certificate_error';
+  if (code.startsWith('ERR_SSL') || code === 'EPROTO' || code.startsWith('ERR_TLS')) return 'tls_protocol_error';
+  return 'proxy_internal_error';
+}
+
+const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+
+/** Precomputed error bodies: `502 Bad Gateway: the backend refused the connection (connection_refused)`. */
+export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(
+  Object.entries(PROXY_ERRORS).map(([code, e]) => [code, `${e.status} ${REASON[e.status] ?? ''}: ${e.text} (${code})\n`]),
+) as Record<ProxyErrorCode, string>;

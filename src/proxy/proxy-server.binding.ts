@@ -1,0 +1,61 @@
+/**
+ * Puts ProxyMiddleware in front of Express on the Node server's `request` event, and applies
+ * the client-side timeouts. Runs once at bootstrap (control plane).
+ */
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { ProxyMiddleware } from './proxy.middleware.js';
+
+type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
+
+@Injectable()
+export class ProxyServerBinding implements OnApplicationBootstrap {
+  private readonly logger = new Logger(ProxyServerBinding.name);
+
+  constructor(
+    private readonly adapterHost: HttpAdapterHost,
+    private readonly proxy: ProxyMiddleware,
+    @Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig,
+  ) {}
+
+  onApplicationBootstrap(): void {
+    const server = this.adapterHost.httpAdapter.getHttpServer() as Server;
+    const listeners = server.listeners('request') as RequestListener[];
+    if (listeners.length !== 1) throw new Error(`expected exactly one request listener (Express) on the HTTP server, found ${listeners.length}`);
+    const express = listeners[0];
+    server.removeAllListeners('request');
+    const proxy = this.proxy;
+    const logger = this.logger;
+    server.on('request', function proxymityRequest(req: IncomingMessage, res: ServerResponse) {
+      try {
+        if (!proxy.handle(req, res)) express(req, res);
+      } catch (err) {
+        // A bug, not an expected outcome: answer this one request and keep serving.
+        logger.error(`unexpected error handling ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
+        if (!res.headersSent) {
+          res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
+          res.end('500 Internal Server Error: proxy_internal_error\n');
+        } else res.destroy();
+      }
+    });
+
+    const p = this.cfg.proxy;
+    server.keepAliveTimeout = p.keepAliveTimeout;
+    server.headersTimeout = p.headersTimeout;
+    // Uploads may legitimately take long; they are bounded by socket inactivity upstream instead.
+    server.requestTimeout = 0;
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      const text = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
+      const body = `${status} ${text}: ${err.code ?? 'malformed request'}\n`;
+      socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+    });
+  }
+}

@@ -1,0 +1,13 @@
+import { Module } from '@nestjs/common';
+import { BackendModule } from '../backend/backend.module.js';
+import { LoadBalancerModule } from '../load-balancer/load-balancer.module.js';
+import { ProxyEngine } from './proxy-engine.service.js';
+import { ProxyServerBinding } from './proxy-server.binding.js';
+import { ProxyMiddleware } from './proxy.middleware.js';
+
+@Module({
+  imports: [BackendModule, LoadBalancerModule],
+  providers: [ProxyEngine, ProxyMiddleware, ProxyServerBinding],
+  exports: [ProxyEngine, ProxyMiddleware],
+})
+export class ProxyModule {}

@@ -1,0 +1,47 @@
+/**
+ * Builds and starts a Proxymity instance from a validated config. Used by main.ts and by the
+ * end-to-end tests, which run the real application on 127.0.0.1:0.
+ */
+import 'reflect-metadata';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { AppModule } from './app.module.js';
+import type { ProxymityConfig } from './config/index.js';
+
+export interface RunningProxymity {
+  readonly app: INestApplication;
+  readonly server: Server;
+  /** e.g. "http://127.0.0.1:8080" (IPv6 hosts in brackets). */
+  readonly url: string;
+  readonly port: number;
+  /** Graceful shutdown, as on SIGTERM. */
+  close(signal?: string): Promise<void>;
+}
+
+export interface StartOptions {
+  logger?: LoggerService | LogLevel[] | false;
+}
+
+export async function startProxymity(config: ProxymityConfig, opts: StartOptions = {}): Promise<RunningProxymity> {
+  const app = await NestFactory.create(AppModule.forRoot(config), {
+    // A body parser would consume or rewrite the stream the proxy must forward (nestjs/nest#9348).
+    bodyParser: false,
+    abortOnError: false,
+    logger: opts.logger ?? ['log', 'warn', 'error'],
+  });
+  (app.getHttpAdapter().getInstance() as { disable(setting: string): void }).disable('x-powered-by');
+  await app.listen(config.proxy.port, config.proxy.host);
+  const server = app.getHttpServer() as Server;
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;
+  return {
+    app,
+    server,
+    port: address.port,
+    url: `http://${host}:${address.port}`,
+    // NestApplicationContext.close(signal) passes the signal to the shutdown hooks; its type omits it.
+    close: (signal?: string) => (app.close as (signal?: string) => Promise<void>).call(app, signal),
+  };
+}
