@@ -40,8 +40,8 @@ export function parseConfig(text: string, file = 'config.yaml'): ProxymityConfig
     throw new ConfigError(
       file,
       doc.errors.map((e) => {
-        const pos = e.linePos?.[0];
-        return { path: '', line: pos?.line ?? 0, col: pos?.col ?? 0, message: `YAML: ${firstLine(e.message)}` };
+        const pos = lineCounter.linePos(e.pos[0]);
+        return { path: '', line: pos.line, col: pos.col, message: `YAML: ${firstLine(e.message)}` };
       }),
     );
   }

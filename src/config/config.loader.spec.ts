@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConfigError } from './config.errors.js';
+import { parseConfig, resolveConfigPath, suggest } from './config.loader.js';
+
+const SEED = `
+proxy:
+  host: "0.0.0.0"
+  port: "8080"
+backend:
+  - name: "backend-1"
+    url: "http://localhost:8081"
+    enabled: true
+  - name: "backend-2"
+    url: "http://localhost:8082"
+    enabled: false
+`;
+
+function problems(yaml: string): string {
+  try {
+    parseConfig(yaml, 'config.yaml');
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
+    return err.message;
+  }
+  assert.fail('expected the config to be rejected');
+}
+
+describe('parseConfig', () => {
+  it('accepts the seed format unchanged, with the port as a string', () => {
+    const sut = parseConfig(SEED);
+    assert.equal(sut.proxy.port, 8080);
+    assert.equal(sut.proxy.host, '0.0.0.0');
+    assert.deepEqual(sut.backend.map((b) => [b.name, b.url, b.enabled]), [
+      ['backend-1', 'http://localhost:8081', true],
+      ['backend-2', 'http://localhost:8082', false],
+    ]);
+  });
+
+  it('fills documented defaults and converts durations to milliseconds', () => {
+    const sut = parseConfig(SEED);
+    assert.equal(sut.proxy.shutdownTimeout, 30_000);
+    assert.equal(sut.healthCheck.interval, 10_000);
+    assert.equal(sut.healthCheck.timeout, 2000);
+    assert.equal(sut.healthCheck.healthyThreshold, 2);
+    assert.equal(sut.healthCheck.unhealthyThreshold, 3);
+    assert.equal(sut.upstream.connectTimeout, 5000);
+    assert.equal(sut.upstream.timeout, 60_000);
+    assert.equal(sut.loadBalancer.strategy, 'round-robin');
+  });
+
+  it('accepts durations as "500ms", "1.5s", "2m" and plain milliseconds', () => {
+    const sut = parseConfig(`${SEED}\nhealthCheck: {interval: 2m, timeout: 500ms}\nupstream: {timeout: 1.5s, connectTimeout: 250}\n`);
+    assert.equal(sut.healthCheck.interval, 120_000);
+    assert.equal(sut.healthCheck.timeout, 500);
+    assert.equal(sut.upstream.timeout, 1500);
+    assert.equal(sut.upstream.connectTimeout, 250);
+  });
+
+  it('names a backend by host:port when it has no name', () => {
+    const sut = parseConfig('backend:\n  - url: http://127.0.0.1:9000\n');
+    assert.equal(sut.backend[0].name, '127.0.0.1:9000');
+    assert.equal(sut.proxy.port, 8080);
+  });
+
+  it('freezes the result', () => {
+    const sut = parseConfig(SEED);
+    assert.throws(() => {
+      (sut.proxy as { port: number }).port = 1;
+    }, TypeError);
+  });
+
+  it('rejects a URL without a scheme, naming file, line, column, path and value', () => {
+    const msg = problems('backend:\n  - name: a\n    url: "localhost:8082"\n');
+    assert.match(msg, /config\.yaml:3:10 {2}backend\[0\]\.url: "localhost:8082" is not an http\(s\) URL/);
+  });
+
+  it('reports every problem at once, in file order', () => {
+    const msg = problems(`proxy:\n  port: 99999\nbackend:\n  - name: a\n    url: ftp://x\nhealthCheck:\n  interval: 50ms\n`);
+    assert.match(msg, /^Invalid config\.yaml \(3 problems\):/);
+    const lines = msg.split('\n').slice(1);
+    assert.match(lines[0], /config\.yaml:2:9 {2}proxy\.port: expected a port number from 0 to 65535, got 99999/);
+    assert.match(lines[1], /config\.yaml:5:10 {2}backend\[0\]\.url: "ftp:\/\/x" is not an http\(s\) URL/);
+    assert.match(lines[2], /config\.yaml:7:13 {2}healthCheck\.interval: must be between 1s and 1h \(got "50ms"\)/);
+  });
+
+  it('rejects duplicate backend names, pointing at the second', () => {
+    const msg = problems('backend:\n  - name: a\n    url: http://h:1\n  - name: a\n    url: http://h:2\n');
+    assert.match(msg, /config\.yaml:4:11 {2}backend\[1\]\.name: duplicate backend name "a" \(also backend\[0\]\)/);
+  });
+
+  it('suggests the intended key for a typo', () => {
+    const msg = problems(`${SEED}\nhealthCheck:\n  intervall: 5s\n`);
+    assert.match(msg, /config\.yaml:14:3 {2}healthCheck\.intervall: unknown key; did you mean "interval"\?/);
+  });
+
+  it('rejects an unknown top-level key', () => {
+    assert.match(problems(`${SEED}\nbackends: []\n`), /backends: unknown key; did you mean "backend"\?/);
+  });
+
+  it('rejects an empty backend list', () => {
+    assert.match(problems('backend: []\n'), /backend: at least one backend is required/);
+  });
+
+  it('rejects a missing backend list', () => {
+    assert.match(problems('proxy:\n  port: 80\n'), /backend: required/);
+  });
+
+  it('rejects a config whose backends are all disabled', () => {
+    assert.match(problems('backend:\n  - url: http://h:1\n    enabled: false\n'), /every backend is disabled/);
+  });
+
+  it('rejects an unknown strategy, listing the valid names', () => {
+    assert.match(problems(`${SEED}\nloadBalancer: {strategy: least_con}\n`), /loadBalancer\.strategy: unknown "least_con"; expected one of round-robin/);
+  });
+
+  it('reports YAML syntax errors with their position', () => {
+    assert.match(problems('proxy:\n  port: [8080\nbackend: x\n'), /config\.yaml:\d+:\d+ {2}YAML: /);
+  });
+
+  it('rejects duplicate keys', () => {
+    assert.match(problems('backend:\n  - url: http://h:1\nbackend:\n  - url: http://h:2\n'), /YAML: Map keys must be unique/);
+  });
+
+  it('rejects a wrong type with the value it got', () => {
+    assert.match(problems('backend:\n  - url: http://h:1\n    enabled: "yes"\n'), /backend\[0\]\.enabled: expected boolean, got "yes"/);
+  });
+});
+
+describe('resolveConfigPath', () => {
+  it('prefers --config, then PROXYMITY_CONFIG, then ./config.yaml', () => {
+    assert.equal(resolveConfigPath(['--config', 'a.yaml'], { PROXYMITY_CONFIG: 'b.yaml' }), 'a.yaml');
+    assert.equal(resolveConfigPath(['--config=c.yaml'], {}), 'c.yaml');
+    assert.equal(resolveConfigPath([], { PROXYMITY_CONFIG: 'b.yaml' }), 'b.yaml');
+    assert.equal(resolveConfigPath([], {}), 'config.yaml');
+  });
+
+  it('rejects --config without a value', () => {
+    assert.throws(() => resolveConfigPath(['--config'], {}), /--config needs a file name/);
+  });
+});
+
+describe('suggest', () => {
+  it('returns the closest key within a small distance, else nothing', () => {
+    assert.equal(suggest('helthCheck', ['healthCheck', 'proxy']), 'healthCheck');
+    assert.equal(suggest('zzz', ['healthCheck', 'proxy']), undefined);
+  });
+});

@@ -1,0 +1,22 @@
+import { parseConfig } from '../../src/config/index.js';
+import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
+import type { DummyBackend } from '../fixtures/backend-server.js';
+
+/**
+ * Starts the real application on 127.0.0.1:0 in front of `backends`. `extraYaml` is appended
+ * to the generated config (top-level keys other than proxy/backend).
+ */
+export async function startProxy(backends: readonly DummyBackend[] | readonly string[], extraYaml = '', proxyYaml = ''): Promise<RunningProxymity> {
+  const urls = backends.map((b) => (typeof b === 'string' ? b : b.url));
+  const yaml = [
+    'proxy:',
+    '  host: 127.0.0.1',
+    '  port: 0',
+    proxyYaml,
+    'backend:',
+    ...urls.map((u, i) => `  - name: b${i + 1}\n    url: "${u}"`),
+    extraYaml,
+  ].join('\n');
+  const level = process.env.TEST_LOG_LEVEL;
+  return startProxymity(parseConfig(yaml, 'test.yaml'), { logger: level ? ['fatal', 'error', 'warn', 'log', 'debug'].slice(0, ['fatal', 'error', 'warn', 'log', 'debug'].indexOf(level) + 1) as any : false });
+}
