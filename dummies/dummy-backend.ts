@@ -33,6 +33,8 @@ export class DummyBackend {
   /** Requests received, health probes excluded. */
   proxied = 0;
   healthy = true;
+  /** Latency of /health answers (ms), to make probes time out. */
+  healthDelayMs = 0;
   /** Extra latency for every non-health request (ms). */
   delayMs = 0;
   /** Status for every non-health request, when set. */
@@ -85,6 +87,7 @@ export class DummyBackend {
     this.alwaysFault = undefined;
     this.nextFaults = [];
     this.delayMs = 0;
+    this.healthDelayMs = 0;
     this.forcedStatus = undefined;
     this.healthy = true;
   }
@@ -106,7 +109,10 @@ export class DummyBackend {
     const path = url.split('?')[0];
     if (path === '/health') {
       req.resume();
-      return this.json(res, this.healthy ? 200 : 503, { status: this.healthy ? 'ok' : 'unhealthy', backend: this.name });
+      const answer = () => this.json(res, this.healthy ? 200 : 503, { status: this.healthy ? 'ok' : 'unhealthy', backend: this.name });
+      if (this.healthDelayMs > 0) setTimeout(answer, this.healthDelayMs);
+      else answer();
+      return;
     }
     if (req.method === 'POST' && (path === '/_dummy/unhealthy' || path === '/_dummy/healthy')) {
       this.healthy = path === '/_dummy/healthy';

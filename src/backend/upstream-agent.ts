@@ -11,6 +11,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
+import { upstreamLookup } from './loopback-lookup.js';
 
 export interface UpstreamAgentOptions {
   connectTimeoutMs: number;
@@ -40,6 +41,7 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
         scheduling: 'lifo',
         // Happy eyeballs: "localhost" works whether the backend listens on 127.0.0.1 or ::1.
         autoSelectFamily: true,
+        lookup: upstreamLookup,
       } as http.AgentOptions);
       this.phase = opts;
     }

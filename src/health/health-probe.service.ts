@@ -8,6 +8,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import { upstreamLookup } from '../backend/loopback-lookup.js';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
@@ -84,6 +85,7 @@ export class HealthProbeService implements OnApplicationShutdown {
           headers: { host: b.url.host, 'user-agent': USER_AGENT, accept: '*/*' },
           signal,
           autoSelectFamily: true,
+          lookup: upstreamLookup,
         } as http.RequestOptions,
         (res) => {
           res.on('error', reject);
