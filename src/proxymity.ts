@@ -32,7 +32,13 @@ export async function startProxymity(config: ProxymityConfig, opts: StartOptions
     logger: opts.logger ?? ['log', 'warn', 'error'],
   });
   (app.getHttpAdapter().getInstance() as { disable(setting: string): void }).disable('x-powered-by');
-  await app.listen(config.proxy.port, config.proxy.host);
+  try {
+    await app.listen(config.proxy.port, config.proxy.host);
+  } catch (err) {
+    // Stop the probes and timers that init started, so the process can exit with the error.
+    await app.close().catch(() => undefined);
+    throw err;
+  }
   const server = app.getHttpServer() as Server;
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;

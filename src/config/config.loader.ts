@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from './config.errors.js';
-import { configSchema, hostPortOf, type ProxymityConfig } from './config.schema.js';
+import { configSchema, crossFieldIssues, hostPortOf, type ProxymityConfig } from './config.schema.js';
 
 /** Where the config comes from: `--config FILE`, else $PROXYMITY_CONFIG, else ./config.yaml. */
 export function resolveConfigPath(argv: readonly string[], env: NodeJS.ProcessEnv): string {
@@ -52,6 +52,10 @@ export function parseConfig(text: string, file = 'config.yaml'): ProxymityConfig
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issues = result.error.issues.flatMap((issue) => toConfigIssues(issue, doc, lineCounter));
+    // zod skips object-level refinements once a field fails; report cross-field problems too.
+    if (!result.error.issues.some((i) => i.code === 'custom' && i.message.startsWith('duplicate backend name'))) {
+      for (const c of crossFieldIssues(raw)) issues.push({ path: formatPath(c.path), ...valuePosition(doc, lineCounter, c.path), message: c.message });
+    }
     issues.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new ConfigError(file, issues);
   }

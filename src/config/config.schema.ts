@@ -85,7 +85,11 @@ export const configSchema = z
     backend: z.array(backendSchema).min(1, { message: 'at least one backend is required' }).describe('The upstream servers, in order.'),
     loadBalancer: z
       .strictObject({
-        strategy: z.string().prefault('round-robin').describe(`How a backend is chosen: ${STRATEGY_NAMES.join(', ')}. Default "round-robin".`),
+        strategy: z
+          .string()
+          .refine((name) => STRATEGY_NAMES.includes(name), { error: (iss) => `unknown ${JSON.stringify(iss.input)}; expected one of ${STRATEGY_NAMES.join(', ')}` })
+          .prefault('round-robin')
+          .describe(`How a backend is chosen: ${STRATEGY_NAMES.join(', ')}. Default "round-robin".`),
       })
       .prefault({})
       .describe('Load-balancing policy.'),
@@ -114,22 +118,39 @@ export const configSchema = z
       .describe('How the proxy talks to backends.'),
   })
   .superRefine((cfg, ctx) => {
-    const seen = new Map<string, number>();
-    cfg.backend.forEach((b, i) => {
-      const name = b.name ?? hostPortOf(b.url);
-      const first = seen.get(name);
-      if (first !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['backend', i, b.name ? 'name' : 'url'], message: `duplicate backend name "${name}" (also backend[${first}])` });
-      } else seen.set(name, i);
-    });
-    if (cfg.backend.length > 0 && !cfg.backend.some((b) => b.enabled)) {
-      ctx.addIssue({ code: 'custom', path: ['backend'], message: 'every backend is disabled; enable at least one' });
-    }
-    if (!STRATEGY_NAMES.includes(cfg.loadBalancer.strategy)) {
-      ctx.addIssue({ code: 'custom', path: ['loadBalancer', 'strategy'], message: `unknown "${cfg.loadBalancer.strategy}"; expected one of ${STRATEGY_NAMES.join(', ')}` });
-    }
+    for (const issue of crossFieldIssues(cfg)) ctx.addIssue({ code: 'custom', ...issue });
   })
   .describe('config.yaml');
+
+/**
+ * Checks that span several fields. Written against the raw input (every access is defensive)
+ * so that the loader can report them alongside field errors, which stop zod's own refinements.
+ */
+export function crossFieldIssues(raw: unknown): { path: (string | number)[]; message: string }[] {
+  const issues: { path: (string | number)[]; message: string }[] = [];
+  const list = (raw as { backend?: unknown })?.backend;
+  if (!Array.isArray(list)) return issues;
+  const seen = new Map<string, number>();
+  list.forEach((b: { name?: unknown; url?: unknown; enabled?: unknown } | null, i) => {
+    const name = typeof b?.name === 'string' ? b.name : typeof b?.url === 'string' ? safeHostPort(b.url) : undefined;
+    if (name === undefined) return;
+    const first = seen.get(name);
+    if (first !== undefined) issues.push({ path: ['backend', i, typeof b?.name === 'string' ? 'name' : 'url'], message: `duplicate backend name "${name}" (also backend[${first}])` });
+    else seen.set(name, i);
+  });
+  if (list.length > 0 && list.every((b: { enabled?: unknown } | null) => b?.enabled === false)) {
+    issues.push({ path: ['backend'], message: 'every backend is disabled; enable at least one' });
+  }
+  return issues;
+}
+
+function safeHostPort(url: string): string | undefined {
+  try {
+    return hostPortOf(url);
+  } catch {
+    return undefined;
+  }
+}
 
 export function hostPortOf(url: string): string {
   const u = new URL(url);

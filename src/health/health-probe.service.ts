@@ -21,7 +21,8 @@ export class HealthProbeService implements OnApplicationShutdown {
   private readonly logger = new Logger(HealthProbeService.name);
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 1, timeout: 30_000 });
   private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 1, timeout: 30_000 });
-  private readonly stop = new AbortController();
+  private stopped = false;
+  private readonly pending = new Set<http.ClientRequest>();
   private readonly running = new Set<Backend>();
   private readonly dueAt = new Map<Backend, number>();
 
@@ -64,15 +65,14 @@ export class HealthProbeService implements OnApplicationShutdown {
       detail = `HTTP ${status}`;
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      detail = e.name === 'TimeoutError' || e.code === 'ABORT_ERR' ? `timeout after ${hc.timeout}ms` : `${e.code ?? e.name}: ${e.message}`;
+      detail = e.code === 'PROBE_TIMEOUT' ? e.message : `${e.code ?? e.name}: ${e.message}`;
     }
-    if (this.stop.signal.aborted) return;
+    if (this.stopped) return;
     this.registry.reportProbe(b, ok, detail, Math.round(performance.now() - started));
   }
 
   private request(b: Backend, path: string, timeoutMs: number): Promise<number> {
     return new Promise<number>((resolve, reject) => {
-      const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), this.stop.signal]);
       const mod = b.protocol === 'https:' ? https : http;
       const req = mod.request(
         {
@@ -83,7 +83,6 @@ export class HealthProbeService implements OnApplicationShutdown {
           method: 'GET',
           agent: b.protocol === 'https:' ? this.httpsAgent : this.httpAgent,
           headers: { host: b.url.host, 'user-agent': USER_AGENT, accept: '*/*' },
-          signal,
           autoSelectFamily: true,
           lookup: upstreamLookup,
         } as http.RequestOptions,
@@ -93,13 +92,23 @@ export class HealthProbeService implements OnApplicationShutdown {
           res.resume(); // the body is not inspected, only drained so the socket can be reused
         },
       );
-      req.on('error', (err) => reject(signal.aborted && signal.reason instanceof Error ? signal.reason : err));
+      // A plain timer rather than AbortSignal.timeout/any: on Node 20 a composed signal that
+      // nothing else references can be collected before it fires, and the probe would wait
+      // for the backend's answer however slow.
+      const timer = setTimeout(() => req.destroy(Object.assign(new Error(`timeout after ${timeoutMs}ms`), { code: 'PROBE_TIMEOUT' })), timeoutMs);
+      this.pending.add(req);
+      req.on('close', () => {
+        clearTimeout(timer);
+        this.pending.delete(req);
+      });
+      req.on('error', reject);
       req.end();
     });
   }
 
   onApplicationShutdown(): void {
-    this.stop.abort();
+    this.stopped = true;
+    for (const req of this.pending) req.destroy();
     this.httpAgent.destroy();
     this.httpsAgent.destroy();
   }

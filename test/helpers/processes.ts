@@ -1,0 +1,49 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The proxy's entry point as the tests build it (same source as dist/main.js). */
+export const MAIN = join(ROOT, 'src', 'main.js');
+export const DUMMIES = join(ROOT, 'dummies', 'main.js');
+
+export function writeTempConfig(yaml: string, name = 'config.yaml'): string {
+  const dir = mkdtempSync(join(tmpdir(), 'proxymity-test-'));
+  const file = join(dir, name);
+  writeFileSync(file, yaml);
+  return file;
+}
+
+export interface Spawned {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function spawnNode(script: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): Spawned {
+  const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], cwd });
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (d) => (out += d));
+  child.stderr?.on('data', (d) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/** Reads "... listening on http://host:port" from a child's output. */
+export function listenUrl(output: string, marker = 'listening on '): string | undefined {
+  const i = output.lastIndexOf(marker);
+  if (i < 0) return undefined;
+  return /^(http:\/\/\S+?:\d+)/.exec(output.slice(i + marker.length))?.[1];
+}
+
+/** Peak and current resident memory of a process, in MiB (Linux /proc). */
+export async function memoryMiB(pid: number): Promise<{ rss: number; peak: number }> {
+  const { readFile } = await import('node:fs/promises');
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { rss: kb('VmRSS') / 1024, peak: kb('VmHWM') / 1024 };
+}
