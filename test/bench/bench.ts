@@ -1,0 +1,431 @@
+/**
+ * `npm run bench [-- --quick] [--rounds N] [--duration S] [--only proxymity,bare]`
+ *
+ * Side by side on the same origins, interleaved A B C D over several rounds: direct to the
+ * origin, Proxymity (dist/main.js, default features on), the bare http-proxy script
+ * (bare-http-proxy.ts) and nginx as a proxy (when installed). wrk drives the load (1 thread,
+ * 64 connections); CPU and memory come from /proc. Prints one table and writes JSON and
+ * markdown into bench-results/. Bounded in time: a full run takes about 5 minutes, --quick
+ * under 2.
+ */
+import { spawn, spawnSync, type ChildProcess, execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, writeFileSync, openSync, closeSync, ftruncateSync } from 'node:fs';
+import http from 'node:http';
+import net, { type AddressInfo } from 'node:net';
+import os from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { benchPicks, type PickResult } from './pick.bench.js';
+import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
+import { runWrk, type WrkResult } from './wrk.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, '..', '..', '..');
+const NGINX = '/usr/sbin/nginx';
+const MIB = 1024 * 1024;
+
+interface Options {
+  quick: boolean;
+  rounds: number;
+  durationS: number;
+  streamMiB: number;
+  connections: number;
+  only: string[] | undefined;
+}
+
+function parseOptions(argv: string[]): Options {
+  const quick = argv.includes('--quick');
+  const val = (flag: string) => {
+    const i = argv.indexOf(flag);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  return {
+    quick,
+    rounds: Number(val('--rounds') ?? 3),
+    durationS: Math.max(1, Math.round(Number(val('--duration') ?? (quick ? 1 : 5)))),
+    streamMiB: Number(val('--stream-mib') ?? 200),
+    connections: Number(val('--connections') ?? 64),
+    only: val('--only')?.split(','),
+  };
+}
+
+interface Target {
+  name: string;
+  url: string;
+  /** The process whose CPU and memory count as the proxy's (undefined for direct). */
+  pid: number | undefined;
+  proc?: ChildProcess;
+}
+
+interface Scenario {
+  name: string;
+  path: string;
+  script?: string;
+  headers?: string[];
+}
+
+const SCENARIOS: Scenario[] = [
+  { name: 'small GET (3 B)', path: '/' },
+  { name: '16 KiB GET', path: '/16k' },
+  {
+    name: '1 MiB POST',
+    path: '/upload',
+    script: `wrk.method = "POST"\nwrk.body = string.rep("p", 1048576)\nwrk.headers["Content-Type"] = "application/octet-stream"\n`,
+  },
+  { name: 'short connections', path: '/', headers: ['Connection: close'] },
+];
+
+interface Row {
+  scenario: string;
+  target: string;
+  rps: number;
+  reqPerCpuS: number | undefined;
+  p50Ms: number;
+  p99Ms: number;
+  peakRssMiB: number | undefined;
+  errors: number;
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => s.once('listening', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((r) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.destroy();
+        r(true);
+      });
+      s.on('error', () => r(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs}ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function spawnLogged(cmd: string, args: string[], tmp: string, name: string): ChildProcess {
+  const log = openSync(join(tmp, `${name}.log`), 'a');
+  const child = spawn(cmd, args, { stdio: ['ignore', log, log] });
+  closeSync(log);
+  return child;
+}
+
+function nginxOrigins(tmp: string, ports: number[], sinkPort: number): string {
+  const root = join(tmp, 'www');
+  mkdirSync(root, { recursive: true });
+  // nginx workers run as an unprivileged user; mkdtemp makes the folder 0700.
+  chmodSync(tmp, 0o755);
+  chmodSync(root, 0o755);
+  writeFileSync(join(root, '16k'), Buffer.alloc(16 * 1024, 'k'));
+  const big = openSync(join(root, '200m'), 'w');
+  ftruncateSync(big, 200 * MIB);
+  closeSync(big);
+  const servers = ports
+    .map(
+      (p) => `  server {
+    listen 127.0.0.1:${p} reuseport backlog=4096;
+    keepalive_requests 1000000;
+    location = /16k { root ${root}; }
+    location = /200m { root ${root}; }
+    # A bare \`return\` would answer before reading the body; uploads go on to a Node sink
+    # that reads every byte before answering, as a real upload handler does.
+    location = /upload { client_max_body_size 0; proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_request_buffering off; }
+    location / { return 200 "ok\\n"; }
+  }`,
+    )
+    .join('\n');
+  return nginxConf(tmp, 'origin', `  upstream sink { server 127.0.0.1:${sinkPort}; keepalive 64; }\n${servers}`, 2);
+}
+
+function nginxProxy(tmp: string, port: number, origins: number[]): string {
+  const body = `  upstream origins {
+${origins.map((p) => `    server 127.0.0.1:${p};`).join('\n')}
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    keepalive_requests 1000000;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://origins;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering off;
+    }
+  }`;
+  return nginxConf(tmp, 'proxy', body, 1);
+}
+
+function nginxConf(tmp: string, name: string, servers: string, workers: number): string {
+  const dir = join(tmp, `nginx-${name}`);
+  mkdirSync(dir, { recursive: true });
+  const conf = `worker_processes ${workers};
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_timeout 75s;
+${servers}
+}
+`;
+  const file = join(dir, 'nginx.conf');
+  writeFileSync(file, conf);
+  return file;
+}
+
+async function startTargets(tmp: string, opts: Options): Promise<{ origins: number[]; originKind: string; originProc: ChildProcess; sinkProc: ChildProcess | undefined; targets: Target[] }> {
+  const haveNginx = existsSync(NGINX);
+  const origins = [await freePort(), await freePort(), await freePort()];
+  let originProc: ChildProcess;
+  let sinkProc: ChildProcess | undefined;
+  if (haveNginx) {
+    const sinkPort = await freePort();
+    sinkProc = spawnLogged(process.execPath, [join(HERE, 'node-origin.js'), '--ports', String(sinkPort)], tmp, 'sink');
+    await waitForPort(sinkPort);
+    originProc = spawnLogged(NGINX, ['-c', nginxOrigins(tmp, origins, sinkPort), '-p', tmp], tmp, 'origin');
+  } else {
+    originProc = spawnLogged(process.execPath, [join(HERE, 'node-origin.js'), '--ports', origins.join(',')], tmp, 'origin');
+  }
+  await Promise.all(origins.map((p) => waitForPort(p)));
+  const originUrls = origins.map((p) => `http://127.0.0.1:${p}`);
+
+  const targets: Target[] = [{ name: 'direct', url: originUrls[0], pid: undefined }];
+
+  const pxPort = await freePort();
+  const cfg = join(tmp, 'proxymity.yaml');
+  writeFileSync(cfg, `proxy: {host: 127.0.0.1, port: ${pxPort}}\nbackend:\n${originUrls.map((u, i) => `  - name: origin-${i + 1}\n    url: ${u}\n`).join('')}`);
+  const px = spawnLogged(process.execPath, [join(ROOT, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], tmp, 'proxymity');
+  targets.push({ name: 'proxymity', url: `http://127.0.0.1:${pxPort}`, pid: px.pid, proc: px });
+
+  const barePort = await freePort();
+  const bare = spawnLogged(process.execPath, [join(HERE, 'bare-http-proxy.js'), '--port', String(barePort), '--targets', originUrls.join(',')], tmp, 'bare');
+  targets.push({ name: 'bare http-proxy', url: `http://127.0.0.1:${barePort}`, pid: bare.pid, proc: bare });
+
+  if (haveNginx) {
+    const ngPort = await freePort();
+    const ng = spawnLogged(NGINX, ['-c', nginxProxy(tmp, ngPort, origins), '-p', tmp], tmp, 'nginx-proxy');
+    targets.push({ name: 'nginx', url: `http://127.0.0.1:${ngPort}`, pid: ng.pid, proc: ng });
+  }
+  await Promise.all(targets.map((t) => waitForPort(Number(new URL(t.url).port))));
+  const chosen = opts.only ? targets.filter((t) => t.name === 'direct' || opts.only!.some((o) => t.name.startsWith(o))) : targets;
+  return { origins, originKind: haveNginx ? `nginx ${nginxVersion()} (uploads: nginx, then a Node sink that reads the whole body)` : 'Node (nginx not installed)', originProc, sinkProc, targets: chosen };
+}
+
+function nginxVersion(): string {
+  // nginx -v prints to stderr.
+  return spawnSync(NGINX, ['-v'], { encoding: 'utf8' }).stderr.trim().replace('nginx version: nginx/', '');
+}
+
+async function measure(target: Target, scenario: Scenario, opts: Options, tmp: string): Promise<{ wrk: WrkResult; cpuS: number | undefined; peakRss: number | undefined }> {
+  const pids = target.pid ? processTree(target.pid) : [];
+  const cpu0 = pids.length ? cpuSeconds(pids) : 0;
+  let peak = pids.length ? rssMiB(pids) : 0;
+  const sampler = setInterval(() => {
+    if (pids.length) peak = Math.max(peak, rssMiB(pids));
+  }, 100);
+  try {
+    const wrk = await runWrk({ url: target.url + scenario.path, durationS: opts.durationS, connections: opts.connections, script: scenario.script, headers: scenario.headers, tmpDir: tmp });
+    const cpuS = pids.length ? cpuSeconds(pids) - cpu0 : undefined;
+    return { wrk, cpuS, peakRss: pids.length ? peak : undefined };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
+interface StreamRow {
+  target: string;
+  direction: 'upload' | 'download';
+  mib: number;
+  seconds: number;
+  rssGrowthMiB: number;
+}
+
+async function stream(target: Target, direction: 'upload' | 'download', mib: number): Promise<StreamRow> {
+  const pids = target.pid ? processTree(target.pid) : [];
+  const base = rssMiB(pids);
+  let peak = base;
+  const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pids))), 20);
+  const start = performance.now();
+  try {
+    await new Promise<void>((resolvePromise, reject) => {
+      if (direction === 'download') {
+        http
+          .get(`${target.url}/200m`, { agent: false }, (res) => {
+            let got = 0;
+            res.on('data', (c: Buffer) => (got += c.length));
+            res.on('end', () => (got === 200 * MIB ? resolvePromise() : reject(new Error(`${target.name}: downloaded ${got} bytes`))));
+            res.on('error', reject);
+          })
+          .on('error', reject);
+        return;
+      }
+      const block = Buffer.alloc(MIB, 'u');
+      const req = http.request(`${target.url}/upload`, { method: 'POST', agent: false, headers: { 'content-length': String(mib * MIB) } }, (res) => {
+        res.resume();
+        res.on('end', () => {
+          if (res.statusCode !== 200) reject(new Error(`${target.name}: upload status ${res.statusCode}`));
+          else if (left > 0) reject(new Error(`${target.name}: answered before reading the whole upload`));
+          else resolvePromise();
+        });
+      });
+      req.on('error', (e) => reject(new Error(`${target.name}: upload failed: ${e.message}`)));
+      let left = mib;
+      const pump = () => {
+        while (left > 0) {
+          left--;
+          if (!req.write(block)) return void req.once('drain', pump);
+        }
+        req.end();
+      };
+      pump();
+    });
+  } finally {
+    clearInterval(sampler);
+  }
+  return { target: target.name, direction, mib: direction === 'download' ? 200 : mib, seconds: (performance.now() - start) / 1000, rssGrowthMiB: Math.max(0, peak - base) };
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+function fmt(n: number | undefined, digits = 0): string {
+  if (n === undefined || !Number.isFinite(n)) return '—';
+  return n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+function ratio(a: number | undefined, b: number | undefined): string {
+  return a !== undefined && b !== undefined && b > 0 ? `${(a / b).toFixed(2)}×` : '—';
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2));
+  try {
+    execFileSync('wrk', ['--version'], { stdio: 'ignore' });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      console.error('wrk is not installed: apt-get install wrk (Debian) and run again');
+      process.exit(2);
+    }
+  }
+  if (!existsSync(join(ROOT, 'dist', 'main.js'))) {
+    console.error('dist/main.js is missing: run `npm run build` first (npm run bench does)');
+    process.exit(2);
+  }
+  const tmp = mkdtempSync(join(os.tmpdir(), 'proxymity-bench-'));
+  const started = Date.now();
+  const { originKind, originProc, sinkProc, targets } = await startTargets(tmp, opts);
+  const px = targets.find((t) => t.name === 'proxymity');
+  const idleRss = px?.pid ? rssMiB(processTree(px.pid)) : undefined;
+  console.log(`origins: ${originKind}; targets: ${targets.map((t) => t.name).join(', ')}; ${opts.rounds} rounds × ${opts.durationS}s × ${SCENARIOS.length} scenarios; wrk -t1 -c${opts.connections}`);
+
+  try {
+    // Warm-up: JIT and connection pools, not measured.
+    for (const t of targets) await runWrk({ url: `${t.url}/`, durationS: 1, connections: opts.connections, tmpDir: tmp });
+
+    const samples = new Map<string, { rps: number[]; rpcs: number[]; p50: number[]; p99: number[]; peak: number[]; errors: number }>();
+    for (let round = 0; round < opts.rounds; round++) {
+      for (const scenario of SCENARIOS) {
+        // Rotate the order each round so no target always runs first (A B C D, B C D A, ...).
+        const order = targets.map((_, i) => targets[(i + round) % targets.length]);
+        for (const t of order) {
+          const m = await measure(t, scenario, opts, tmp);
+          const key = `${scenario.name}\u0000${t.name}`;
+          const s = samples.get(key) ?? { rps: [], rpcs: [], p50: [], p99: [], peak: [], errors: 0 };
+          s.rps.push(m.wrk.rps);
+          if (m.cpuS !== undefined && m.cpuS > 0) s.rpcs.push(m.wrk.requests / m.cpuS);
+          s.p50.push(m.wrk.p50Ms);
+          s.p99.push(m.wrk.p99Ms);
+          if (m.peakRss !== undefined) s.peak.push(m.peakRss);
+          s.errors += m.wrk.errors + m.wrk.non2xx;
+          samples.set(key, s);
+          process.stdout.write('.');
+        }
+      }
+    }
+    process.stdout.write('\n');
+
+    const rows: Row[] = [];
+    for (const scenario of SCENARIOS) {
+      for (const t of targets) {
+        const s = samples.get(`${scenario.name}\u0000${t.name}`)!;
+        rows.push({
+          scenario: scenario.name,
+          target: t.name,
+          rps: median(s.rps),
+          reqPerCpuS: s.rpcs.length ? median(s.rpcs) : undefined,
+          p50Ms: median(s.p50),
+          p99Ms: median(s.p99),
+          peakRssMiB: s.peak.length ? Math.max(...s.peak) : undefined,
+          errors: s.errors,
+        });
+      }
+    }
+
+    const streams: StreamRow[] = [];
+    for (const t of targets.filter((x) => x.pid !== undefined)) {
+      streams.push(await stream(t, 'upload', opts.streamMiB));
+      streams.push(await stream(t, 'download', 200));
+    }
+
+    const picks = benchPicks(opts.quick ? 200 : 400);
+    const md = render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 });
+    console.log(md);
+    const dir = join(ROOT, 'bench-results');
+    mkdirSync(dir, { recursive: true });
+    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, streams, picks }, null, 2));
+    writeFileSync(join(dir, `${stamp}.md`), md);
+    console.log(`written: bench-results/${stamp}.json and .md`);
+  } finally {
+    for (const t of targets) t.proc?.kill('SIGTERM');
+    originProc.kill('SIGTERM');
+    sinkProc?.kill('SIGTERM');
+  }
+}
+
+function machine(): string {
+  return `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${os.type()} ${os.release()}`;
+}
+
+function render(rows: Row[], streams: StreamRow[], picks: PickResult[], meta: { originKind: string; idleRss: number | undefined; opts: Options; seconds: number }): string {
+  const lines: string[] = [];
+  lines.push(`Date: ${new Date().toISOString()}  `, `Machine: ${machine()}  `, `Origins: ${meta.originKind}; load: wrk -t1 -c${meta.opts.connections}, ${meta.opts.rounds} interleaved rounds × ${meta.opts.durationS}s, medians; run took ${meta.seconds.toFixed(0)}s`, '');
+  lines.push('| scenario | target | req/s | req per proxy CPU-s | p50 ms | p99 ms | peak RSS MiB | errors | req/CPU-s vs bare | vs nginx | p99 vs bare |');
+  lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    const bare = rows.find((x) => x.scenario === r.scenario && x.target === 'bare http-proxy');
+    const ng = rows.find((x) => x.scenario === r.scenario && x.target === 'nginx');
+    const isProxy = r.target !== 'direct';
+    lines.push(
+      `| ${r.scenario} | ${r.target} | ${fmt(r.rps)} | ${fmt(r.reqPerCpuS)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.peakRssMiB, 1)} | ${r.errors} | ${isProxy ? ratio(r.reqPerCpuS, bare?.reqPerCpuS) : '—'} | ${isProxy ? ratio(r.reqPerCpuS, ng?.reqPerCpuS) : '—'} | ${isProxy ? ratio(r.p99Ms, bare?.p99Ms) : '—'} |`,
+    );
+  }
+  lines.push('', `Proxymity idle RSS: ${fmt(meta.idleRss, 1)} MiB`, '');
+  lines.push('| streaming | target | MiB | seconds | MiB/s | RSS growth MiB |', '|---|---|---:|---:|---:|---:|');
+  for (const s of streams) lines.push(`| ${s.direction} | ${s.target} | ${s.mib} | ${s.seconds.toFixed(2)} | ${fmt(s.mib / s.seconds)} | ${s.rssGrowthMiB.toFixed(1)} |`);
+  lines.push('', '| strategy | backends | pick() per second |', '|---|---:|---:|');
+  for (const p of picks) lines.push(`| ${p.strategy} | ${p.backends} | ${fmt(p.picksPerSecond)} |`);
+  return lines.join('\n');
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
