@@ -21,7 +21,7 @@ export interface DummyBackendOptions {
   host?: string;
 }
 
-export type Misbehaviour = 'reset' | 'hang' | 'drop-mid-body' | 'garbage';
+export type Misbehaviour = 'reset' | 'hang' | 'drop-mid-body' | 'garbage' | 'answer-early';
 
 const CHUNK = Buffer.alloc(64 * 1024, 'x');
 
@@ -128,6 +128,14 @@ export class DummyBackend {
     if (fault === 'hang') {
       req.resume();
       return; // never answers
+    }
+    if (fault === 'answer-early') {
+      // Like a server refusing an upload: answers at once, before reading the body, then
+      // reads and discards the rest.
+      res.writeHead(413, { 'content-type': 'text/plain', 'content-length': '9' });
+      res.end('too big\r\n');
+      req.resume();
+      return;
     }
     if (fault === 'garbage') {
       req.resume();

@@ -154,6 +154,7 @@ export class ProxyEngine {
       writeError(ex.res, code, ex.requestId);
       return;
     }
+    if (ex.res.writableFinished) return; // answered in full; onClientClose drains the upload
     // Headers already went out: the only honest signal left is to cut the connection.
     this.logger.warn(`${ex.req.method} ${ex.req.url}: response from "${backend.id}" cut mid-body (${code}: ${err.message}) [request ${ex.requestId}]`);
     ex.res.destroy();
@@ -202,6 +203,15 @@ export class ProxyEngine {
       // 499 in nginx's and Caddy's terms: nothing is written, the upstream request is cancelled.
       if (up !== undefined && !up.destroyed) up.destroy();
       this.logger.debug(`${ex.req.method} ${ex.req.url}: client closed the connection (499) [request ${ex.requestId}]`);
+    } else if (!ex.req.complete) {
+      // The backend answered before reading the whole upload (a 413, say): the client has its
+      // answer, so stop feeding the upstream and let the rest of the upload drain away, as
+      // nginx discards it, rather than reset a client that did nothing wrong.
+      if (up !== undefined) {
+        ex.req.unpipe(up);
+        if (!up.destroyed) up.destroy();
+      }
+      ex.req.resume();
     }
     ex.upstream = undefined;
   }

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [--rounds N] [--duration S] [--only proxymity,bare]`
+ * `npm run bench [-- --quick] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream]`
  *
  * Side by side on the same origins, interleaved A B C D over several rounds: direct to the
  * origin, Proxymity (dist/main.js, default features on), the bare http-proxy script
@@ -31,6 +31,9 @@ interface Options {
   streamMiB: number;
   connections: number;
   only: string[] | undefined;
+  /** Scenario name prefixes to run (default: all). */
+  scenarios: string[] | undefined;
+  noStream: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -46,6 +49,8 @@ function parseOptions(argv: string[]): Options {
     streamMiB: Number(val('--stream-mib') ?? 200),
     connections: Number(val('--connections') ?? 64),
     only: val('--only')?.split(','),
+    scenarios: val('--scenarios')?.split(','),
+    noStream: argv.includes('--no-stream'),
   };
 }
 
@@ -222,6 +227,7 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
   }
   await Promise.all(targets.map((t) => waitForPort(Number(new URL(t.url).port))));
   const chosen = opts.only ? targets.filter((t) => t.name === 'direct' || opts.only!.some((o) => t.name.startsWith(o))) : targets;
+  for (const t of targets) if (!chosen.includes(t)) t.proc?.kill('SIGTERM');
   return { origins, originKind: haveNginx ? `nginx ${nginxVersion()} (uploads: nginx, then a Node sink that reads the whole body)` : 'Node (nginx not installed)', originProc, sinkProc, targets: chosen };
 }
 
@@ -340,8 +346,9 @@ async function main(): Promise<void> {
     for (const t of targets) await runWrk({ url: `${t.url}/`, durationS: 1, connections: opts.connections, tmpDir: tmp });
 
     const samples = new Map<string, { rps: number[]; rpcs: number[]; p50: number[]; p99: number[]; peak: number[]; errors: number }>();
+    const scenarios = opts.scenarios ? SCENARIOS.filter((x) => opts.scenarios!.some((p) => x.name.startsWith(p))) : SCENARIOS;
     for (let round = 0; round < opts.rounds; round++) {
-      for (const scenario of SCENARIOS) {
+      for (const scenario of scenarios) {
         // Rotate the order each round so no target always runs first (A B C D, B C D A, ...).
         const order = targets.map((_, i) => targets[(i + round) % targets.length]);
         for (const t of order) {
@@ -362,7 +369,7 @@ async function main(): Promise<void> {
     process.stdout.write('\n');
 
     const rows: Row[] = [];
-    for (const scenario of SCENARIOS) {
+    for (const scenario of scenarios) {
       for (const t of targets) {
         const s = samples.get(`${scenario.name}\u0000${t.name}`)!;
         rows.push({
@@ -379,7 +386,7 @@ async function main(): Promise<void> {
     }
 
     const streams: StreamRow[] = [];
-    for (const t of targets.filter((x) => x.pid !== undefined)) {
+    for (const t of opts.noStream ? [] : targets.filter((x) => x.pid !== undefined)) {
       streams.push(await stream(t, 'upload', opts.streamMiB));
       streams.push(await stream(t, 'download', 200));
     }
@@ -424,6 +431,12 @@ function render(rows: Row[], streams: StreamRow[], picks: PickResult[], meta: { 
   for (const p of picks) lines.push(`| ${p.strategy} | ${p.backends} | ${fmt(p.picksPerSecond)} |`);
   return lines.join('\n');
 }
+
+// Bounded in time whatever happens: a stuck run ends itself (children are killed by the group).
+setTimeout(() => {
+  console.error('benchmark exceeded 15 minutes; giving up');
+  process.exit(1);
+}, 15 * 60_000).unref();
 
 main().catch((err) => {
   console.error(err);

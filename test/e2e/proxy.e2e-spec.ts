@@ -145,6 +145,16 @@ describe('proxying', () => {
     assert.match(String(res.headers['x-request-id']), /^[0-9a-f-]{36}$/);
   });
 
+  it('relays an answer the backend sends before reading the upload, without resetting the client', async () => {
+    await restoreAll();
+    backends.forEach((b) => b.failAlways('answer-early'));
+    const res = await request(`${sut.url}/upload-too-big`, { method: 'POST', body: Buffer.alloc(20 * 1024 * 1024, 'u'), agent: false });
+    assert.equal(res.status, 413);
+    assert.equal(res.body, 'too big\r\n');
+    backends.forEach((b) => b.behave());
+    assert.equal((await request(`${sut.url}/after-early`, { agent })).status, 200);
+  });
+
   it('answers 502 when the backend sends garbage instead of HTTP', async () => {
     await restoreAll();
     backends.forEach((b) => b.failAlways('garbage'));
