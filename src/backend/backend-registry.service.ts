@@ -15,6 +15,7 @@ export class BackendRegistry implements OnApplicationShutdown {
   /** Every configured backend, enabled or not, in config order. */
   readonly all: readonly Backend[];
   private eligible: readonly Backend[];
+  private eligibleBackups: readonly Backend[];
 
   constructor(@Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig) {
     const u = cfg.upstream;
@@ -25,13 +26,19 @@ export class BackendRegistry implements OnApplicationShutdown {
       maxSockets: u.maxSockets,
       maxFreeSockets: u.maxFreeSockets,
     };
-    this.all = Object.freeze(cfg.backend.map((b) => new Backend(b, agentOptions)));
-    this.eligible = this.buildEligible();
+    this.all = Object.freeze(cfg.backend.map((b, i) => new Backend(b, i, cfg.loadBalancer.slowStart, agentOptions)));
+    this.eligible = this.buildEligible(false);
+    this.eligibleBackups = this.buildEligible(true);
   }
 
-  /** Enabled, healthy backends in config order. Replaced (never mutated) on every change. */
+  /** Enabled, healthy primary backends in config order. Replaced (never mutated) on every change. */
   get healthy(): readonly Backend[] {
     return this.eligible;
+  }
+
+  /** Enabled, healthy backup backends (used only while no primary is eligible). */
+  get healthyBackups(): readonly Backend[] {
+    return this.eligibleBackups;
   }
 
   get enabled(): readonly Backend[] {
@@ -82,15 +89,18 @@ export class BackendRegistry implements OnApplicationShutdown {
     backend.healthy = healthy;
     backend.consecutiveFailures = 0;
     backend.consecutiveSuccesses = 0;
-    backend.lastChange = { at: Date.now(), healthy, source, reason };
-    this.eligible = this.buildEligible();
-    const left = this.eligible.length;
+    const now = Date.now();
+    backend.lastChange = { at: now, healthy, source, reason };
+    if (healthy) backend.healthySince = now;
+    this.eligible = this.buildEligible(false);
+    this.eligibleBackups = this.buildEligible(true);
+    const left = this.eligible.length + this.eligibleBackups.length;
     if (healthy) this.logger.log(`backend "${backend.id}" is UP (${source}: ${reason}); ${left} healthy`);
     else this.logger.warn(`backend "${backend.id}" is DOWN (${source}: ${reason}); ${left} healthy`);
   }
 
-  private buildEligible(): readonly Backend[] {
-    return Object.freeze(this.all.filter((b) => b.enabled && b.healthy));
+  private buildEligible(backup: boolean): readonly Backend[] {
+    return Object.freeze(this.all.filter((b) => b.enabled && b.healthy && b.backup === backup));
   }
 
   onApplicationShutdown(): void {

@@ -28,6 +28,14 @@ export class Backend {
   /** Path prefix from the URL ("" for none), prepended to every proxied path. */
   readonly basePath: string;
   readonly enabled: boolean;
+  /** Position in the registry's list of all backends: a dense index for per-backend arrays. */
+  readonly slot: number;
+  readonly weight: number;
+  readonly backup: boolean;
+  /** Most requests in flight; Infinity when uncapped. */
+  readonly maxConnections: number;
+  /** Slow-start window in ms (0 = off). */
+  readonly slowStartMs: number;
   readonly agent: Agent;
   /** Set once by ProxyEngine on first use; opaque to everyone else. */
   forwarder: unknown = undefined;
@@ -39,10 +47,17 @@ export class Backend {
   consecutiveSuccesses = 0;
   /** With active checks off: when a passively failed backend is tried again (epoch ms). */
   cooldownUntil = 0;
+  /** When the backend last became healthy again (epoch ms); 0 = healthy since start, no ramp. */
+  healthySince = 0;
   lastChange: HealthEvent | undefined = undefined;
   lastProbe: { at: number; ok: boolean; detail: string; latencyMs: number } | undefined = undefined;
 
-  constructor(cfg: BackendConfig, agentOptions: UpstreamAgentOptions) {
+  constructor(cfg: BackendConfig, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions) {
+    this.slot = slot;
+    this.weight = cfg.weight;
+    this.backup = cfg.backup;
+    this.maxConnections = cfg.maxConnections ?? Infinity;
+    this.slowStartMs = cfg.slowStart ?? defaultSlowStartMs;
     this.id = cfg.name;
     this.url = new URL(cfg.url);
     this.protocol = this.url.protocol;
@@ -51,6 +66,18 @@ export class Backend {
     this.basePath = this.url.pathname === '/' ? '' : this.url.pathname.replace(/\/$/, '');
     this.enabled = cfg.enabled;
     this.agent = createUpstreamAgent(this.protocol, agentOptions);
+  }
+
+  /**
+   * Weight after slow start: a backend that has just recovered ramps linearly from 10% to its
+   * full weight over `slowStartMs` (Envoy's and HAProxy's slow start; not at process start).
+   */
+  effectiveWeight(now: number): number {
+    const since = this.healthySince;
+    if (since === 0 || this.slowStartMs === 0) return this.weight;
+    const elapsed = now - since;
+    if (elapsed >= this.slowStartMs) return this.weight;
+    return this.weight * Math.max(0.1, elapsed / this.slowStartMs);
   }
 
   /** Frees the agent's sockets; the backend is unusable afterwards. */

@@ -65,6 +65,10 @@ export const backendSchema = z
       .optional().describe('Unique name, used in logs, /health and metrics. Default: the URL\'s host:port.'),
     url: httpUrl.describe('Base URL of the backend, "http://host:port" (https is accepted). A path is prefixed to every proxied path.'),
     enabled: z.boolean().prefault(true).describe('A disabled backend is never picked and never probed. Default true.'),
+    weight: z.number().int().min(1).max(1000).prefault(1).describe('Relative share of traffic (1-1000). Default 1.'),
+    backup: z.boolean().prefault(false).describe('Used only while no primary (non-backup) backend is eligible. Default false.'),
+    maxConnections: z.number().int().min(1).max(1_000_000).optional().describe('Most requests in flight to this backend; at the cap it is skipped, all at cap gives 503. Default: no cap.'),
+    slowStart: duration({ max: 3_600_000 }).optional().describe('After recovering, ramp this backend\'s weight from 10% to full over this window. Default: loadBalancer.slowStart.'),
   })
   .describe('One upstream server.');
 
@@ -85,6 +89,31 @@ export const configSchema = z
     backend: z.array(backendSchema).min(1, { message: 'at least one backend is required' }).describe('The upstream servers, in order.'),
     loadBalancer: z
       .strictObject({
+        hash: z
+          .strictObject({
+            key: z
+              .string()
+              .regex(/^(client-ip|path|(header|cookie|query):[A-Za-z0-9!#$%&'*+.^_`|~-]+)$/, { message: 'expected client-ip, path, header:NAME, cookie:NAME or query:NAME' })
+              .optional()
+              .describe('What the hash strategy hashes: client-ip, path, header:NAME, cookie:NAME or query:NAME. Required for "hash"; "ip-hash" always uses client-ip.'),
+            balanceFactor: z.number().min(1).max(100).optional().describe('Bounded load: no backend takes more than balanceFactor × the average in-flight load (e.g. 1.25). Default: unbounded.'),
+          })
+          .prefault({})
+          .describe('Options of the hash and ip-hash strategies.'),
+        sticky: z
+          .strictObject({
+            cookie: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, { message: 'expected a cookie name (token characters only)' }).describe('Cookie name, e.g. "pxy_srv".'),
+            secret: z.string().min(16).optional().describe('HMAC key for cookie values (at least 16 characters). Default: random per process, so cookies do not survive a restart or carry across instances.'),
+            maxAge: duration({ max: 10 * 365 * 24 * 3_600_000 }).optional().describe('Cookie Max-Age. Default: a session cookie.'),
+            path: z.string().prefault('/').describe('Cookie Path. Default "/".'),
+            domain: z.string().optional().describe('Cookie Domain. Default: none (host-only).'),
+            secure: z.boolean().prefault(false).describe('Add Secure. Default false.'),
+            httpOnly: z.boolean().prefault(true).describe('Add HttpOnly. Default true.'),
+            sameSite: z.enum(['Strict', 'Lax', 'None']).prefault('Lax').describe('SameSite attribute. Default "Lax".'),
+          })
+          .optional()
+          .describe('Sticky sessions on top of any strategy. Default: off.'),
+        slowStart: duration({ max: 3_600_000 }).prefault(0).describe('Default slow-start window for every backend (see backend slowStart). Default 0 (off).'),
         strategy: z
           .string()
           .refine((name) => STRATEGY_NAMES.includes(name), { error: (iss) => `unknown ${JSON.stringify(iss.input)}; expected one of ${STRATEGY_NAMES.join(', ')}` })
@@ -141,6 +170,14 @@ export function crossFieldIssues(raw: unknown): { path: (string | number)[]; mes
   if (list.length > 0 && list.every((b: { enabled?: unknown } | null) => b?.enabled === false)) {
     issues.push({ path: ['backend'], message: 'every backend is disabled; enable at least one' });
   }
+  const enabled = list.filter((b: { enabled?: unknown } | null) => b?.enabled !== false);
+  if (enabled.length > 0 && enabled.every((b: { backup?: unknown } | null) => b?.backup === true)) {
+    issues.push({ path: ['backend'], message: 'every enabled backend is a backup; at least one must be a primary' });
+  }
+  const lb = (raw as { loadBalancer?: { strategy?: unknown; hash?: { key?: unknown } } })?.loadBalancer;
+  if (lb?.strategy === 'hash' && lb.hash?.key === undefined) {
+    issues.push({ path: ['loadBalancer', 'strategy'], message: 'strategy "hash" needs loadBalancer.hash.key (client-ip, path, header:NAME, cookie:NAME or query:NAME)' });
+  }
   return issues;
 }
 
@@ -159,6 +196,6 @@ export function hostPortOf(url: string): string {
 
 /** The validated config as consumers see it (frozen, durations in ms, names filled in). */
 export type ProxymityConfig = DeepReadonly<Omit<z.output<typeof configSchema>, 'backend'> & { backend: BackendConfig[] }>;
-export type BackendConfig = { name: string; url: string; enabled: boolean };
+export type BackendConfig = Omit<z.output<typeof backendSchema>, 'name'> & { name: string };
 
 type DeepReadonly<T> = T extends (infer U)[] ? readonly DeepReadonly<U>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;

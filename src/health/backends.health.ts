@@ -25,7 +25,7 @@ export class BackendsHealthIndicator {
       ...(b.lastChange ? { since: new Date(b.lastChange.at).toISOString(), reason: `${b.lastChange.source}: ${b.lastChange.reason}` } : {}),
       ...(b.lastProbe ? { lastProbe: { at: new Date(b.lastProbe.at).toISOString(), ok: b.lastProbe.ok, detail: b.lastProbe.detail, latencyMs: b.lastProbe.latencyMs } } : {}),
     }));
-    const healthy = this.registry.healthy.length;
+    const healthy = this.registry.healthy.length + this.registry.healthyBackups.length;
     const data = { healthy, total: this.registry.enabled.length, draining: this.engine.draining, backends };
     if (this.engine.draining) return session.down({ ...data, message: 'shutting down' });
     if (healthy === 0) return session.down({ ...data, message: 'no healthy backend' });

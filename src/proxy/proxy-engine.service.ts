@@ -83,6 +83,7 @@ export class ProxyEngine {
   /** Set while shutting down: responses carry `Connection: close`. */
   draining = false;
   private readonly retries: number;
+  private readonly sticky: boolean;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -90,6 +91,7 @@ export class ProxyEngine {
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.retries = cfg.upstream.retries;
+    this.sticky = cfg.loadBalancer.sticky !== undefined;
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
@@ -180,7 +182,12 @@ export class ProxyEngine {
     }
     const res = ex.res;
     try {
-      res.writeHead(pres.statusCode ?? 502, pres.statusMessage, buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion));
+      const headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
+      if (this.sticky && ex.backend !== undefined) {
+        const cookie = this.lb.stickyCookie(ex.req, ex.backend);
+        if (cookie !== undefined) headers.push('set-cookie', cookie);
+      }
+      res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
     } catch (err) {
       // Node refuses a header the backend sent (e.g. an invalid character): that is a bad response.
       const e = err as NodeJS.ErrnoException;

@@ -9,13 +9,19 @@ export interface PickResult {
   picksPerSecond: number;
 }
 
+/** A backend as strategies see it (no sockets: only what pick() reads). */
+function benchBackend(i: number): Backend {
+  const weight = 1 + (i % 2);
+  return { id: `b${i}`, slot: i, weight, inFlight: i % 3, healthy: true, enabled: true, backup: false, maxConnections: Infinity, slowStartMs: 0, effectiveWeight: () => weight } as unknown as Backend;
+}
+
 export function benchPicks(durationMs = 400): PickResult[] {
   const out: PickResult[] = [];
   const req = { headers: { cookie: 'sid=abc' }, url: '/path?user=1', socket: { remoteAddress: '10.0.0.1' } } as unknown as IncomingMessage;
   for (const [name, factory] of STRATEGIES) {
     for (const n of [3, 100]) {
-      const pool = Array.from({ length: n }, (_, i) => ({ id: `b${i}`, weight: 1, inFlight: i % 3, healthy: true }) as unknown as Backend);
-      const sut = factory({ random: Math.random, now: Date.now });
+      const pool = Array.from({ length: n }, (_, i) => benchBackend(i));
+      const sut = factory({ strategy: name, hash: { key: 'client-ip' }, slowStart: 0 } as never, { random: Math.random, now: Date.now, backends: pool });
       let sink = 0;
       for (let i = 0; i < 50_000; i++) sink += sut.pick(pool, req) === undefined ? 1 : 0; // warm up
       let picks = 0;
