@@ -4,8 +4,19 @@
  * fields are counters and health state; only BackendRegistry writes health.
  */
 import type { Agent } from 'node:http';
-import type { BackendConfig } from '../config/config.schema.js';
 import { createUpstreamAgent, type UpstreamAgentOptions } from './upstream-agent.js';
+
+/** What a backend is built from: one validated `backend[]` entry of config.yaml. */
+export interface BackendSpec {
+  readonly name: string;
+  readonly url: string;
+  readonly enabled: boolean;
+  readonly weight: number;
+  readonly backup: boolean;
+  readonly maxConnections?: number;
+  /** ms; undefined = the load balancer's default. */
+  readonly slowStart?: number;
+}
 
 export type HealthSource = 'probe' | 'passive' | 'cooldown';
 
@@ -52,7 +63,7 @@ export class Backend {
   lastChange: HealthEvent | undefined = undefined;
   lastProbe: { at: number; ok: boolean; detail: string; latencyMs: number } | undefined = undefined;
 
-  constructor(cfg: BackendConfig, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions) {
+  constructor(cfg: BackendSpec, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions) {
     this.slot = slot;
     this.weight = cfg.weight;
     this.backup = cfg.backup;

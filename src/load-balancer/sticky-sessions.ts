@@ -7,10 +7,19 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Backend } from '../backend/backend.js';
-import type { StrategyOptions } from './strategy.interface.js';
 import { cookieValue } from './strategies/hash-key.js';
 
-type StickyConfig = NonNullable<StrategyOptions['sticky']>;
+/** `loadBalancer.sticky` as validated by the config schema (durations in ms). */
+export interface StickyConfig {
+  readonly cookie: string;
+  readonly secret?: string;
+  readonly maxAge?: number;
+  readonly path: string;
+  readonly domain?: string;
+  readonly secure: boolean;
+  readonly httpOnly: boolean;
+  readonly sameSite: 'Strict' | 'Lax' | 'None';
+}
 
 export class StickySessions {
   private readonly byValue = new Map<string, Backend>();

@@ -1,6 +1,5 @@
 import type { IncomingMessage } from 'node:http';
 import type { Backend } from '../backend/backend.js';
-import type { ProxymityConfig } from '../config/config.schema.js';
 
 /**
  * A load-balancing strategy. `pick` runs on the data plane for every request: it must not do
@@ -14,7 +13,10 @@ export interface LbStrategy {
   pick(pool: readonly Backend[], req: IncomingMessage): Backend | undefined;
 }
 
-export type StrategyOptions = ProxymityConfig['loadBalancer'];
+/** The parts of `loadBalancer` config that strategy factories read (validated by the schema). */
+export interface StrategyOptions {
+  readonly hash: { readonly key?: string; readonly balanceFactor?: number };
+}
 
 /** Injected so that strategies are deterministic under test. */
 export interface StrategyDeps {
