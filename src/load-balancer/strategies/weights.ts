@@ -11,8 +11,3 @@ export function anySlowStart(pool: readonly Backend[]): boolean {
   for (const b of pool) if (b.slowStartMs > 0) return true;
   return false;
 }
-
-/** Requests in flight per unit of effective weight: the "load" least-request strategies compare. */
-export function loadOf(b: Backend, now: number, extra = 0): number {
-  return (b.inFlight + extra) / b.effectiveWeight(now);
-}
