@@ -6,6 +6,7 @@
  * The seed format (`proxy: {host, port}` + `backend: [{name, url, enabled}]`) is a valid
  * config on its own: every other key is optional and has a default.
  */
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { STRATEGY_NAMES } from '../load-balancer/strategy.registry.js';
 import { formatDurationMs, parseDurationMs } from './duration.js';
@@ -38,6 +39,32 @@ const port = z.union([z.string(), z.number()]).transform((value, ctx) => {
 });
 
 const positiveInt = (max: number) => z.number().int().min(1).max(max);
+
+const BYTE_UNITS: Readonly<Record<string, number>> = { b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3 };
+
+/** A size such as "10MiB", "512k", "1g" (1024-based, as nginx reads them) or a number of bytes. */
+const byteSize = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const m = typeof value === 'number' ? null : /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim());
+  const n = typeof value === 'number' ? value : m && BYTE_UNITS[m[2].toLowerCase() || 'b'] !== undefined ? Number(m[1]) * BYTE_UNITS[m[2].toLowerCase() || 'b'] : NaN;
+  if (!Number.isFinite(n) || n < 0) {
+    ctx.addIssue({ code: 'custom', message: `expected a size such as "10MiB", "512KiB" or a number of bytes, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return Math.floor(n);
+});
+
+/** An IP address or CIDR block, IPv4 or IPv6. */
+const cidr = z.string().refine((v) => isCidr(v), { error: (iss) => `${JSON.stringify(iss.input)} is not an IP address or CIDR block (e.g. "10.0.0.0/8", "::1")` });
+
+function isCidr(v: string): boolean {
+  const [addr, bits, extra] = v.split('/');
+  if (extra !== undefined) return false;
+  const family = isIP(addr);
+  if (family === 0) return false;
+  if (bits === undefined) return true;
+  if (!/^\d+$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}
 
 const httpUrl = z.string().transform((value, ctx) => {
   let url: URL | undefined;
@@ -83,6 +110,10 @@ export const configSchema = z
         shutdownDelay: duration({ max: 600_000 }).prefault(0).describe('How long /health reports 503 before the listener closes on SIGTERM (lets load balancers drop the instance first). Default 0.'),
         keepAliveTimeout: duration({ min: 0, max: 3_600_000 }).prefault('75s').describe('How long an idle client keep-alive connection stays open. Default 75s (nginx keepalive_timeout).'),
         headersTimeout: duration({ min: 1000, max: 600_000 }).prefault('60s').describe('A client must send its complete request headers within this time. Default 60s.'),
+        trustedProxies: z.array(cidr).prefault([]).describe('Peers (addresses or CIDR blocks) whose X-Forwarded-*/Forwarded headers are kept and whose X-Forwarded-For gives the client address. Default: none.'),
+        forwarded: z.boolean().prefault(false).describe('Also send the RFC 7239 Forwarded header. Default false.'),
+        maxUrlLength: z.number().int().min(256).max(1_048_576).prefault(8192).describe('Longest request target accepted; longer gets 414. Default 8192.'),
+        maxBodySize: byteSize.prefault(0).describe('Largest request body accepted, e.g. "10MiB"; larger gets 413. 0 = no limit. Default 0.'),
       })
       .prefault({})
       .describe('The listener.'),

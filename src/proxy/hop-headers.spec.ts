@@ -1,7 +1,18 @@
 import assert from 'node:assert/strict';
 import type { IncomingMessage } from 'node:http';
+import { BlockList } from 'node:net';
 import { describe, it } from 'node:test';
-import { buildResponseHeaders, prepareRequestHeaders } from './hop-headers.js';
+import { clientAddress } from '../load-balancer/client-address.js';
+import { buildResponseHeaders, prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
+
+function trusting(...cidrs: string[]): HeaderPolicy {
+  const trusted = new BlockList();
+  for (const c of cidrs) {
+    const [a, bits] = c.split('/');
+    trusted.addSubnet(a, Number(bits), a.includes(':') ? 'ipv6' : 'ipv4');
+  }
+  return { trusted, forwarded: false };
+}
 
 function fakeRequest(headers: Record<string, string>, remoteAddress = '10.1.2.3', httpVersion = '1.1'): IncomingMessage {
   // Only our own collaborator's inputs are faked here: a plain header bag and a remote address.
@@ -10,7 +21,7 @@ function fakeRequest(headers: Record<string, string>, remoteAddress = '10.1.2.3'
 
 describe('prepareRequestHeaders', () => {
   it('removes hop-by-hop fields and the ones Connection names', () => {
-    const req = fakeRequest({ host: 'example.com', connection: 'keep-alive, X-Secret', 'x-secret': '1', 'keep-alive': 'timeout=5', te: 'trailers', 'proxy-connection': 'keep-alive', upgrade: 'h2c', accept: '*/*' });
+    const req = fakeRequest({ host: 'example.com', connection: 'keep-alive, X-Secret', 'x-secret': '1', 'keep-alive': 'timeout=5', te: 'gzip', 'proxy-connection': 'keep-alive', upgrade: 'h2c', accept: '*/*' });
     prepareRequestHeaders(req, 'http');
     for (const gone of ['connection', 'x-secret', 'keep-alive', 'te', 'proxy-connection', 'upgrade']) assert.equal(req.headers[gone], undefined, gone);
     assert.equal(req.headers.accept, '*/*');
@@ -25,13 +36,42 @@ describe('prepareRequestHeaders', () => {
     assert.equal(req.headers.via, '1.1 proxymity');
   });
 
-  it('appends to X-Forwarded-For and Via, and sets X-Forwarded-Proto/Host', () => {
-    const req = fakeRequest({ host: 'shop.example', 'x-forwarded-for': '192.0.2.1', via: '1.1 cdn' });
+  it('keeps "TE: trailers" (the client accepts trailers)', () => {
+    const req = fakeRequest({ te: 'trailers' });
     prepareRequestHeaders(req, 'http');
-    assert.equal(req.headers['x-forwarded-for'], '192.0.2.1, 10.1.2.3');
+    assert.equal(req.headers.te, 'trailers');
+  });
+
+  it('replaces X-Forwarded-* and drops Forwarded from an untrusted peer, and appends to Via', () => {
+    const req = fakeRequest({ host: 'shop.example', 'x-forwarded-for': '192.0.2.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil', forwarded: 'for=1.2.3.4', via: '1.1 cdn' });
+    prepareRequestHeaders(req, 'http');
+    assert.equal(req.headers['x-forwarded-for'], '10.1.2.3');
     assert.equal(req.headers['x-forwarded-proto'], 'http');
     assert.equal(req.headers['x-forwarded-host'], 'shop.example');
+    assert.equal(req.headers.forwarded, undefined);
     assert.equal(req.headers.via, '1.1 cdn, 1.1 proxymity');
+    assert.equal(clientAddress(req), '10.1.2.3');
+  });
+
+  it('keeps and appends X-Forwarded-* from a trusted peer, taking the client from the nearest untrusted hop', () => {
+    const req = fakeRequest({ host: 'shop.example', 'x-forwarded-for': '198.51.100.7, 10.0.0.5', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'www.shop.example' }, '10.1.2.3');
+    prepareRequestHeaders(req, 'http', trusting('10.0.0.0/8'));
+    assert.equal(req.headers['x-forwarded-for'], '198.51.100.7, 10.0.0.5, 10.1.2.3');
+    assert.equal(req.headers['x-forwarded-proto'], 'https');
+    assert.equal(req.headers['x-forwarded-host'], 'www.shop.example');
+    assert.equal(clientAddress(req), '198.51.100.7');
+  });
+
+  it('adds RFC 7239 Forwarded when asked, bracketing IPv6', () => {
+    const req = fakeRequest({ host: 'shop.example' }, '2001:db8::1');
+    prepareRequestHeaders(req, 'http', { trusted: undefined, forwarded: true });
+    assert.equal(req.headers.forwarded, 'for="[2001:db8::1]";proto=http;host=shop.example');
+  });
+
+  it('reads IPv4-mapped peers as IPv4', () => {
+    const req = fakeRequest({}, '::ffff:127.0.0.1');
+    prepareRequestHeaders(req, 'http');
+    assert.equal(req.headers['x-forwarded-for'], '127.0.0.1');
   });
 
   it('keeps a client request id and generates one when absent', () => {

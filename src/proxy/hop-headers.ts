@@ -3,12 +3,18 @@
  * call, no copies of the header object).
  *
  * Hop-by-hop fields are removed as RFC 9110 §7.6.1 requires: Connection and every field it
- * names, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding (responses; Node re-frames the
- * body) and Upgrade. The request's Transfer-Encoding is kept so that Node's client re-chunks a
- * chunked upload instead of guessing its framing.
+ * names, Proxy-Connection, Keep-Alive, TE (except `TE: trailers`, which says the client accepts
+ * trailers), Transfer-Encoding (responses; Node re-frames the body) and Upgrade. The request's
+ * Transfer-Encoding is kept so that Node's client re-chunks a chunked upload instead of
+ * guessing its framing.
+ *
+ * X-Forwarded-* and Forwarded from the client are kept only when the peer is a trusted proxy
+ * (`proxy.trustedProxies`); otherwise they are replaced, so a client cannot spoof its address.
  */
 import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { BlockList } from 'node:net';
+import { normalizeAddress, setClientAddress } from '../load-balancer/client-address.js';
 
 export const VIA_TOKEN = 'proxymity';
 const VIA_11 = `1.1 ${VIA_TOKEN}`;
@@ -16,11 +22,24 @@ const VIA_10 = `1.0 ${VIA_TOKEN}`;
 const REQUEST_ID = 'x-request-id';
 const COMMA_LIST = /\s*,\s*/;
 
+export interface HeaderPolicy {
+  /** Peers whose X-Forwarded-* / Forwarded are believed; undefined = nobody. */
+  readonly trusted: BlockList | undefined;
+  /** Also send RFC 7239 `Forwarded`. */
+  readonly forwarded: boolean;
+}
+
+export const DEFAULT_POLICY: HeaderPolicy = { trusted: undefined, forwarded: false };
+
+function isTrusted(trusted: BlockList, address: string): boolean {
+  return trusted.check(address, address.includes(':') ? 'ipv6' : 'ipv4');
+}
+
 /**
  * Rewrites the request's own header object for the upstream hop and returns the request id.
  * Called once per request, before the first attempt, so retries do not append twice.
  */
-export function prepareRequestHeaders(req: IncomingMessage, proto: string): string {
+export function prepareRequestHeaders(req: IncomingMessage, proto: string, policy: HeaderPolicy = DEFAULT_POLICY): string {
   const h = req.headers;
   const connection = h.connection;
   if (connection !== undefined) {
@@ -31,16 +50,33 @@ export function prepareRequestHeaders(req: IncomingMessage, proto: string): stri
   }
   if (h['keep-alive'] !== undefined) delete h['keep-alive'];
   if (h['proxy-connection'] !== undefined) delete h['proxy-connection'];
-  if (h.te !== undefined) delete h.te;
+  const te = h.te as string | undefined;
+  if (te !== undefined && te.toLowerCase() !== 'trailers') delete h.te;
   if (h.upgrade !== undefined) delete h.upgrade;
 
-  const ip = req.socket.remoteAddress;
-  if (ip !== undefined) {
-    const xff = h['x-forwarded-for'];
-    h['x-forwarded-for'] = xff === undefined ? ip : `${xff}, ${ip}`;
+  const peer = normalizeAddress(req.socket.remoteAddress) ?? '';
+  const trusted = policy.trusted !== undefined && peer !== '' && isTrusted(policy.trusted, peer);
+  const xff = h['x-forwarded-for'] as string | undefined;
+  let client = peer;
+  if (trusted) {
+    if (xff !== undefined) {
+      h['x-forwarded-for'] = `${xff}, ${peer}`;
+      client = nearestUntrusted(xff, policy.trusted as BlockList) ?? peer;
+    } else h['x-forwarded-for'] = peer;
+    if (h['x-forwarded-proto'] === undefined) h['x-forwarded-proto'] = proto;
+    if (h['x-forwarded-host'] === undefined && h.host !== undefined) h['x-forwarded-host'] = h.host;
+  } else {
+    h['x-forwarded-for'] = peer;
+    h['x-forwarded-proto'] = proto;
+    if (h.host !== undefined) h['x-forwarded-host'] = h.host;
+    else if (h['x-forwarded-host'] !== undefined) delete h['x-forwarded-host'];
+    if (h.forwarded !== undefined) delete h.forwarded;
   }
-  h['x-forwarded-proto'] = proto;
-  if (h.host !== undefined) h['x-forwarded-host'] = h.host;
+  setClientAddress(req, client);
+  if (policy.forwarded) {
+    const element = `for=${forwardedNode(peer)};proto=${proto}${h.host !== undefined ? `;host=${quoteIfNeeded(h.host)}` : ''}`;
+    h.forwarded = trusted && h.forwarded !== undefined ? `${h.forwarded}, ${element}` : element;
+  }
   const via = req.httpVersion === '1.0' ? VIA_10 : VIA_11;
   h.via = h.via === undefined ? via : `${h.via}, ${via}`;
 
@@ -52,6 +88,30 @@ export function prepareRequestHeaders(req: IncomingMessage, proto: string): stri
   return id;
 }
 
+/** Walks X-Forwarded-For from the right: the first address that is not a trusted proxy. */
+function nearestUntrusted(xff: string, trusted: BlockList): string | undefined {
+  const hops = xff.split(',');
+  for (let i = hops.length - 1; i >= 0; i--) {
+    const a = normalizeAddress(hops[i].trim());
+    if (a === undefined || a === '') continue;
+    try {
+      if (!isTrusted(trusted, a)) return a;
+    } catch {
+      return undefined; // not an IP address: stop believing the chain here
+    }
+  }
+  return normalizeAddress(hops[0]?.trim());
+}
+
+/** RFC 7239 §6: IPv6 addresses are bracketed and quoted. */
+function forwardedNode(address: string): string {
+  return address.includes(':') ? `"[${address}]"` : address;
+}
+
+function quoteIfNeeded(value: string): string {
+  return /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`;
+}
+
 function removeConnectionListed(h: IncomingHttpHeaders, connection: string): void {
   for (const token of connection.toLowerCase().split(COMMA_LIST)) {
     // Never let a client strip the fields the proxy itself sets.
@@ -59,8 +119,7 @@ function removeConnectionListed(h: IncomingHttpHeaders, connection: string): voi
   }
 }
 
-const PROTECTED = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'via', REQUEST_ID, 'content-length', 'transfer-encoding']);
-
+const PROTECTED = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'via', REQUEST_ID, 'content-length', 'transfer-encoding']);
 /**
  * The upstream response's raw header list minus hop-by-hop fields, plus Via and the request id
  * (unless the backend echoed it). One array is allocated; `res.writeHead` takes it as is.

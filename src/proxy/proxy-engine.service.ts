@@ -62,6 +62,8 @@ class Exchange {
   tried: Backend[] | undefined = undefined;
   attempts = 0;
   staleRetried = false;
+  /** Request body bytes seen, counted only for chunked uploads when proxy.maxBodySize is set. */
+  bodyBytes = 0;
   /** Set when the client connection closed (normally or not); nothing more is written. */
   closed = false;
 
@@ -84,6 +86,8 @@ export class ProxyEngine {
   draining = false;
   private readonly retries: number;
   private readonly sticky: boolean;
+  /** proxy.maxBodySize (0 = no limit); chunked uploads are counted against it as they stream. */
+  readonly maxBodySize: number;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -92,6 +96,7 @@ export class ProxyEngine {
   ) {
     this.retries = cfg.upstream.retries;
     this.sticky = cfg.loadBalancer.sticky !== undefined;
+    this.maxBodySize = cfg.proxy.maxBodySize;
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
@@ -200,6 +205,19 @@ export class ProxyEngine {
     pres.pipe(res);
   }
 
+  /** @internal a chunked upload passed proxy.maxBodySize: stop it, answer 413 if still possible. */
+  onBodyTooLarge(ex: Exchange): void {
+    const up = ex.upstream;
+    ex.upstream = undefined;
+    this.release(ex);
+    if (up !== undefined) {
+      ex.req.unpipe(up);
+      up.destroy();
+    }
+    this.logger.warn(`${ex.req.method} ${ex.req.url} -> 413 request_too_large: body passed ${this.maxBodySize} bytes [request ${ex.requestId}]`);
+    writeError(ex.res, 'request_too_large', ex.requestId);
+  }
+
   /** @internal the client connection closed: normal end, or the client gave up. */
   onClientClose(ex: Exchange): void {
     ex.closed = true;
@@ -263,8 +281,22 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
   up.on('error', onUpstreamError);
   up.on('timeout', onUpstreamTimeout);
   if (ex.bodyless) up.end();
-  else req.pipe(up);
+  else {
+    // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted.
+    if (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined) {
+      (req as WithExchange<IncomingMessage>)[kExchange] = ex;
+      req.on('data', onRequestData);
+    }
+    req.pipe(up);
+  }
   return true;
+}
+
+function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
+  const ex = this[kExchange];
+  if (ex === undefined || ex.closed) return;
+  ex.bodyBytes += chunk.length;
+  if (ex.bodyBytes > ex.engine.maxBodySize && ex.upstream !== undefined) ex.engine.onBodyTooLarge(ex);
 }
 
 function onUpstreamResponse(this: WithExchange<ClientRequest>, pres: IncomingMessage): void {
@@ -317,6 +349,8 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   }
   const status = PROXY_ERRORS[code].status;
   const body = ERROR_BODIES[code];
+  // An oversized upload is not read to its end: close the connection after the answer (nginx does too).
+  if (status === 413) res.shouldKeepAlive = false;
   const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
   res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId]);
   res.end(body);

@@ -16,6 +16,8 @@ export const PROXY_ERRORS = {
   tls_certificate_error: { status: 502, text: 'the backend TLS certificate was not accepted' },
   tls_protocol_error: { status: 502, text: 'the TLS handshake with the backend failed' },
   http_request_error: { status: 400, text: 'the request target is not valid' },
+  uri_too_long: { status: 414, text: 'the request target is longer than the proxy accepts' },
+  request_too_large: { status: 413, text: 'the request body is larger than the proxy accepts' },
   proxy_internal_error: { status: 502, text: 'the request to the backend failed' },
 } as const;
 
@@ -71,7 +73,7 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
   return 'proxy_internal_error';
 }
 
-const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Precomputed error bodies: `502 Bad Gateway: the backend refused the connection (connection_refused)`. */
 export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(

@@ -11,7 +11,8 @@ import { Inject, Injectable, type NestMiddleware } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
-import { prepareRequestHeaders } from './hop-headers.js';
+import { BlockList, isIP } from 'node:net';
+import { prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
 import { ProxyEngine } from './proxy-engine.service.js';
 
 const SLASH = 47;
@@ -20,6 +21,9 @@ const QUESTION = 63;
 @Injectable()
 export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerResponse> {
   private readonly ownPath: string;
+  private readonly policy: HeaderPolicy;
+  private readonly maxUrlLength: number;
+  private readonly maxBodySize: number;
 
   constructor(
     private readonly lb: LoadBalancerService,
@@ -27,6 +31,9 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.ownPath = cfg.proxy.healthPath;
+    this.policy = { trusted: buildBlockList(cfg.proxy.trustedProxies), forwarded: cfg.proxy.forwarded };
+    this.maxUrlLength = cfg.proxy.maxUrlLength;
+    this.maxBodySize = cfg.proxy.maxBodySize;
   }
 
   /** Nest's middleware contract; the server binding calls `handle` directly. */
@@ -40,10 +47,21 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     const own = this.ownPath;
     if (url.startsWith(own) && (url.length === own.length || url.charCodeAt(own.length) === QUESTION)) return false;
 
-    const requestId = prepareRequestHeaders(req, 'http');
+    const requestId = prepareRequestHeaders(req, 'http', this.policy);
+    if (url.length > this.maxUrlLength) {
+      this.engine.reject(req, res, 'uri_too_long', requestId);
+      return true;
+    }
     if (url.charCodeAt(0) !== SLASH && !toOriginForm(req)) {
       this.engine.reject(req, res, 'http_request_error', requestId);
       return true;
+    }
+    if (this.maxBodySize > 0) {
+      const cl = req.headers['content-length'];
+      if (cl !== undefined && Number(cl) > this.maxBodySize) {
+        this.engine.reject(req, res, 'request_too_large', requestId);
+        return true;
+      }
     }
     if (this.engine.draining) res.shouldKeepAlive = false;
     const backend = this.lb.pick(req);
@@ -51,6 +69,18 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     else this.engine.forward(req, res, backend, requestId);
     return true;
   }
+}
+
+function buildBlockList(entries: readonly string[]): BlockList | undefined {
+  if (entries.length === 0) return undefined;
+  const list = new BlockList();
+  for (const entry of entries) {
+    const [addr, bits] = entry.split('/');
+    const type = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(addr, type);
+    else list.addSubnet(addr, Number(bits), type);
+  }
+  return list;
 }
 
 /**

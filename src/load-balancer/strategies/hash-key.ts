@@ -3,11 +3,12 @@
  * reads it from the request without building objects (no URL, no cookie map).
  */
 import type { IncomingMessage } from 'node:http';
+import { clientAddress } from '../client-address.js';
 
 export type KeyReader = (req: IncomingMessage) => string | undefined;
 
 export function compileKey(spec: string): KeyReader {
-  if (spec === 'client-ip') return (req) => req.socket?.remoteAddress;
+  if (spec === 'client-ip') return clientAddress;
   if (spec === 'path') {
     return (req) => {
       const url = req.url;

@@ -1,0 +1,24 @@
+/**
+ * The resolved client address of a request: the peer address, or, when the peer is a trusted
+ * proxy, the nearest untrusted address in X-Forwarded-For. Set once per request by the proxy's
+ * header policy; read by anything that keys on the client (ip-hash, later rate limits).
+ */
+import type { IncomingMessage } from 'node:http';
+
+export const kClientAddress = Symbol('proxymity.clientAddress');
+
+type WithClient = IncomingMessage & { [kClientAddress]?: string };
+
+export function setClientAddress(req: IncomingMessage, address: string): void {
+  (req as WithClient)[kClientAddress] = address;
+}
+
+export function clientAddress(req: IncomingMessage): string | undefined {
+  return (req as WithClient)[kClientAddress] ?? normalizeAddress(req.socket?.remoteAddress);
+}
+
+/** "::ffff:192.0.2.1" (IPv4-mapped, from dual-stack listeners) -> "192.0.2.1". */
+export function normalizeAddress(address: string | undefined): string | undefined {
+  if (address !== undefined && address.startsWith('::ffff:') && address.includes('.')) return address.slice(7);
+  return address;
+}
