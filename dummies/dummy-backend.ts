@@ -7,6 +7,7 @@
  *   ANY  /delay/{ms}             answers after ms milliseconds
  *   ANY  /status/{code}          answers with that status
  *   GET  /bytes/{n}              n bytes of body (streamed, chunked 64 KiB)
+ *   GET  /trailers               a chunked body followed by an `x-checksum` trailer
  *   POST /_dummy/unhealthy       /health answers 503 from now on
  *   POST /_dummy/healthy         /health answers 200 again
  *   ANY  anything else           200 JSON: backend, method, path, headers, bodyBytes, bodySha256
@@ -32,6 +33,8 @@ export class DummyBackend {
   requests = 0;
   /** Requests received, health probes excluded. */
   proxied = 0;
+  /** "METHOD path" of every non-health request, in order (for framing tests). */
+  readonly seen: string[] = [];
   healthy = true;
   /** Latency of /health answers (ms), to make probes time out. */
   healthDelayMs = 0;
@@ -120,6 +123,7 @@ export class DummyBackend {
       return this.json(res, 200, { backend: this.name, healthy: this.healthy });
     }
     this.proxied++;
+    this.seen.push(`${req.method} ${url}`);
     const fault = this.nextFaults.shift() ?? this.alwaysFault;
     if (fault === 'reset') {
       req.socket.resetAndDestroy();
@@ -148,6 +152,7 @@ export class DummyBackend {
       const statusMatch = /^\/status\/(\d{3})$/.exec(path);
       const bytesMatch = /^\/bytes\/(\d+)$/.exec(path);
       if (bytesMatch) return this.bytes(req, res, Number(bytesMatch[1]));
+      if (path === '/trailers') return this.trailers(req, res);
       this.echo(req, res, statusMatch ? Number(statusMatch[1]) : (this.forcedStatus ?? 200));
     };
     if (delay > 0) setTimeout(respond, delay);
@@ -175,6 +180,7 @@ export class DummyBackend {
         headers: req.headers,
         bodyBytes: bytes,
         bodySha256: hash.digest('hex'),
+        trailers: req.trailers,
       });
     });
   }
@@ -195,6 +201,15 @@ export class DummyBackend {
       res.end();
     };
     pump();
+  }
+
+  private trailers(req: IncomingMessage, res: ServerResponse): void {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum', 'x-backend': this.name });
+    res.write('part one, ');
+    res.write('part two');
+    res.addTrailers({ 'x-checksum': 'abc123' });
+    res.end();
   }
 
   private dropMidBody(res: ServerResponse): void {

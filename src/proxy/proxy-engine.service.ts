@@ -202,7 +202,12 @@ export class ProxyEngine {
     }
     (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
     pres.on('error', onUpstreamBodyError);
-    pres.pipe(res);
+    if (pres.headers.trailer === undefined) pres.pipe(res);
+    else {
+      // Announced trailers (gRPC-web status, checksums) are copied after the body.
+      pres.pipe(res, { end: false });
+      pres.once('end', forwardResponseTrailers);
+    }
   }
 
   /** @internal a chunked upload passed proxy.maxBodySize: stop it, answer 413 if still possible. */
@@ -282,14 +287,33 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
   up.on('timeout', onUpstreamTimeout);
   if (ex.bodyless) up.end();
   else {
+    (req as WithExchange<IncomingMessage>)[kExchange] = ex;
     // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted.
     if (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined) {
-      (req as WithExchange<IncomingMessage>)[kExchange] = ex;
       req.on('data', onRequestData);
     }
-    req.pipe(up);
+    if (req.headers.trailer === undefined) req.pipe(up);
+    else {
+      req.pipe(up, { end: false });
+      req.once('end', forwardRequestTrailers);
+    }
   }
   return true;
+}
+
+function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
+  const ex = this[kExchange];
+  const up = ex?.upstream;
+  if (up === undefined || up.destroyed) return;
+  up.addTrailers(this.trailers);
+  up.end();
+}
+
+function forwardResponseTrailers(this: WithExchange<IncomingMessage>): void {
+  const ex = this[kExchange];
+  if (ex === undefined || ex.closed) return;
+  ex.res.addTrailers(this.trailers);
+  ex.res.end();
 }
 
 function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {

@@ -1,0 +1,167 @@
+/**
+ * HTTP framing and header policy over raw TCP where it matters: request smuggling attempts
+ * never reach a backend, limits answer 413/414, HTTP/1.0, Expect: 100-continue, trailers,
+ * trusted proxies. Real: app, sockets, backends.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import { after, before, beforeEach, describe, it } from 'node:test';
+import type { RunningProxymity } from '../../src/proxymity.js';
+import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
+import { request } from '../helpers/http-client.js';
+import { startProxy } from '../helpers/proxy.js';
+
+/** Sends raw bytes, returns everything the proxy answered until it closed (or 2 s passed). */
+function raw(port: number, bytes: string, opts: { halfClose?: boolean } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => {
+      s.write(bytes);
+      if (opts.halfClose) s.end();
+    });
+    let out = '';
+    s.on('data', (d) => (out += d));
+    s.on('close', () => resolve(out));
+    s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' ? resolve(out) : reject(e)));
+    s.setTimeout(2000, () => s.destroy());
+  });
+}
+
+/** Status lines of every response in the stream (a body need not end in CRLF, so search, not split). */
+const statusLines = (text: string) => text.match(/HTTP\/1\.[01] \d{3} [^\r]*/g) ?? [];
+
+describe('framing and smuggling defences', () => {
+  let backends: DummyBackend[];
+  let sut: RunningProxymity;
+
+  before(async () => {
+    backends = await startBackends(1);
+    sut = await startProxy(backends, 'healthCheck: {interval: 1h}', '  maxUrlLength: 1024\n  maxBodySize: 1KiB');
+  });
+  after(async () => {
+    await sut.close();
+    await closeAll(backends);
+  });
+  beforeEach(() => {
+    backends[0].seen.length = 0;
+  });
+
+  const smuggling: [string, string][] = [
+    ['Content-Length together with Transfer-Encoding', 'POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n'],
+    ['two different Content-Length values', 'POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcdGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n'],
+    ['an invalid Content-Length', 'POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd'],
+    ['an obfuscated Transfer-Encoding', 'POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n'],
+    ['Transfer-Encoding not ending in chunked', 'POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n'],
+    ['a space before the colon', 'POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n'],
+  ];
+  for (const [what, bytes] of smuggling) {
+    it(`rejects a request with ${what} with 400 before any backend sees it`, async () => {
+      const answer = await raw(sut.port, bytes);
+      assert.deepEqual(statusLines(answer).map((l) => l.slice(0, 12)), ['HTTP/1.1 400']);
+      assert.deepEqual(backends[0].seen, []);
+    });
+  }
+
+  it('forwards a DELETE with a body with its framing intact (no deleteLength rewrite)', async () => {
+    const answer = await raw(sut.port, 'DELETE /item HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.deepEqual(statusLines(answer).map((l) => l.slice(0, 12)), ['HTTP/1.1 200', 'HTTP/1.1 200']);
+    assert.deepEqual(backends[0].seen, ['DELETE /item', 'GET /next']);
+    assert.match(answer, /"bodyBytes":5/);
+  });
+
+  it('answers 414 for a request target over maxUrlLength', async () => {
+    const res = await request(`${sut.url}/${'a'.repeat(1100)}`);
+    assert.equal(res.status, 414);
+    assert.equal(res.headers['proxy-status'], 'proxymity; error=uri_too_long');
+    assert.deepEqual(backends[0].seen, []);
+  });
+
+  it('answers 413 for a Content-Length over maxBodySize', async () => {
+    const res = await request(`${sut.url}/big`, { method: 'POST', body: 'x'.repeat(2000) });
+    assert.equal(res.status, 413);
+    assert.equal(res.headers.connection, 'close');
+    assert.deepEqual(backends[0].seen, []);
+  });
+
+  it('answers 413 when a chunked upload passes maxBodySize', async () => {
+    const res = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${sut.url}/chunked-big`, { method: 'POST', agent: false }, (r) => {
+        r.resume();
+        resolve(r.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.write('x'.repeat(600));
+      setTimeout(() => req.write('y'.repeat(600)), 20);
+    });
+    assert.equal(res, 413);
+  });
+
+  it('serves an HTTP/1.0 client and closes the connection after the answer', async () => {
+    const answer = await raw(sut.port, 'GET /old HTTP/1.0\r\nHost: x\r\n\r\n');
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    assert.match(answer, /"via":"1\.0 proxymity"/);
+  });
+
+  it('answers Expect: 100-continue and forwards the body that follows', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = net.connect(sut.port, '127.0.0.1', () => s.write('PUT /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n'));
+      let out = '';
+      s.on('data', (d) => {
+        out += d;
+        if (out.startsWith('HTTP/1.1 100') && !out.includes('\r\n\r\nHTTP')) s.write('hello');
+      });
+      s.on('close', () => resolve(out));
+      s.on('error', reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /);
+    assert.match(answer, /"bodyBytes":5/);
+  });
+
+  it('forwards response trailers', async () => {
+    const trailers = await new Promise<NodeJS.Dict<string>>((resolve, reject) => {
+      http.get(`${sut.url}/trailers`, { agent: false, headers: { te: 'trailers' } }, (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => (body === 'part one, part two' ? resolve(res.trailers) : reject(new Error(body))));
+      }).on('error', reject);
+    });
+    assert.equal(trailers['x-checksum'], 'abc123');
+  });
+
+  it('forwards request trailers', async () => {
+    const echo = await new Promise<any>((resolve, reject) => {
+      const req = http.request(`${sut.url}/upload-with-trailer`, { method: 'POST', agent: false, headers: { trailer: 'x-digest', 'transfer-encoding': 'chunked' } }, (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve(JSON.parse(body)));
+      });
+      req.on('error', reject);
+      req.write('abc');
+      req.addTrailers({ 'x-digest': 'sha-256=xyz' });
+      req.end();
+    });
+    assert.equal(echo.bodyBytes, 3);
+    assert.deepEqual(echo.trailers, { 'x-digest': 'sha-256=xyz' });
+  });
+});
+
+describe('trusted proxies', () => {
+  let backends: DummyBackend[];
+  let sut: RunningProxymity;
+  before(async () => {
+    backends = await startBackends(1);
+    sut = await startProxy(backends, 'healthCheck: {interval: 1h}', '  trustedProxies: ["127.0.0.0/8"]\n  forwarded: true');
+  });
+  after(async () => {
+    await sut.close();
+    await closeAll(backends);
+  });
+
+  it('keeps X-Forwarded-* from a trusted peer and appends the peer', async () => {
+    const res = await request(`${sut.url}/t`, { headers: { host: 'shop.example', 'x-forwarded-for': '198.51.100.7', 'x-forwarded-proto': 'https' } });
+    const h = res.json().headers;
+    assert.equal(h['x-forwarded-for'], '198.51.100.7, 127.0.0.1');
+    assert.equal(h['x-forwarded-proto'], 'https');
+    assert.equal(h.forwarded, 'for=127.0.0.1;proto=http;host=shop.example');
+  });
+});
