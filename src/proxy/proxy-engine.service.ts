@@ -62,6 +62,8 @@ class Exchange {
   tried: Backend[] | undefined = undefined;
   attempts = 0;
   staleRetried = false;
+  /** A request body byte has been handed to an upstream request: the request can no longer be replayed. */
+  bodyStarted = false;
   /** Request body bytes seen, counted only for chunked uploads when proxy.maxBodySize is set. */
   bodyBytes = 0;
   /** Set when the client connection closed (normally or not); nothing more is written. */
@@ -111,7 +113,7 @@ export class ProxyEngine {
   /** Answers with the error `code` (no backend involved). */
   reject(req: IncomingMessage, res: ServerResponse, code: ProxyErrorCode, requestId: string): void {
     if (code === 'destination_unavailable') {
-      this.logger.warn(`${req.method} ${req.url} -> 503 ${code}: no healthy backend [request ${requestId}]`);
+      this.logger.warn(`${req.method} ${req.url} -> 503 ${code}: no backend available (unhealthy, disabled or at maxConnections) [request ${requestId}]`);
     }
     writeError(res, code, requestId);
   }
@@ -139,6 +141,15 @@ export class ProxyEngine {
   /** @internal called by the handlers below. */
   onUpstreamError(ex: Exchange, err: NodeJS.ErrnoException): void {
     const up = ex.upstream;
+    if ((up as { res?: IncomingMessage } | undefined)?.res?.complete === true) {
+      // The answer arrived in full; only the rest of the upload failed (a backend that answers
+      // 413 and resets). The client gets that answer, the backend is not blamed.
+      if (up !== undefined && !ex.req.complete) {
+        ex.req.unpipe(up);
+        ex.req.resume();
+      }
+      return;
+    }
     const backend = ex.backend;
     ex.upstream = undefined;
     this.release(ex);
@@ -168,9 +179,13 @@ export class ProxyEngine {
   }
 
   private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode, stale: boolean): Backend | undefined {
-    if (!ex.bodyless) return undefined;
+    // A body is streamed, never buffered: once a byte of it went upstream it cannot be replayed.
+    if (ex.bodyStarted) return undefined;
     if (stale && !ex.staleRetried && IDEMPOTENT.has(ex.req.method ?? '')) {
-      ex.staleRetried = true; // one fresh connection to the same backend
+      // One replay on a fresh connection to the same backend: the request never reached its
+      // application. It is not a retry in the policy's sense and does not use up upstream.retries.
+      ex.staleRetried = true;
+      ex.attempts--;
       return failed;
     }
     if (ex.attempts > this.retries) return undefined;
@@ -287,18 +302,33 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
   up.on('timeout', onUpstreamTimeout);
   if (ex.bodyless) up.end();
   else {
-    (req as WithExchange<IncomingMessage>)[kExchange] = ex;
-    // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted.
-    if (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined) {
-      req.on('data', onRequestData);
-    }
-    if (req.headers.trailer === undefined) req.pipe(up);
-    else {
-      req.pipe(up, { end: false });
-      req.once('end', forwardRequestTrailers);
-    }
+    // The body starts flowing once the connection is up, so a request whose connection is
+    // refused or times out has sent nothing and can still go to another backend.
+    up.once('socket', onUpstreamSocket);
   }
   return true;
+}
+
+function onUpstreamSocket(this: WithExchange<ClientRequest>, socket: import('node:net').Socket): void {
+  const up = this;
+  const ex = up[kExchange];
+  if (ex === undefined) return;
+  if (!socket.connecting) startBody(ex, up);
+  else socket.once(ex.backend?.protocol === 'https:' ? 'secureConnect' : 'connect', () => startBody(ex, up));
+}
+
+function startBody(ex: Exchange, up: ClientRequest): void {
+  if (ex.upstream !== up || ex.closed) return;
+  const req = ex.req;
+  ex.bodyStarted = true;
+  (req as WithExchange<IncomingMessage>)[kExchange] = ex;
+  // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted.
+  if (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined) req.on('data', onRequestData);
+  if (req.headers.trailer === undefined) req.pipe(up);
+  else {
+    req.pipe(up, { end: false });
+    req.once('end', forwardRequestTrailers);
+  }
 }
 
 function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {

@@ -5,7 +5,7 @@
  */
 export const PROXY_ERRORS = {
   /** No eligible backend (all unhealthy or disabled). */
-  destination_unavailable: { status: 503, text: 'no healthy backend is available' },
+  destination_unavailable: { status: 503, text: 'no backend is available (all unhealthy, disabled or at their connection limit)' },
   connection_refused: { status: 502, text: 'the backend refused the connection' },
   connection_terminated: { status: 502, text: 'the backend closed the connection before responding' },
   connection_timeout: { status: 504, text: 'the backend did not accept the connection in time' },
@@ -65,7 +65,9 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
     case 'EADDRNOTAVAIL':
       return 'destination_ip_unroutable';
     case 'ETIMEDOUT':
-      return 'connection_timeout';
+      // The kernel's timeout on an established connection (our own connect timeout fires long
+      // before the kernel's SYN timeout), so the request may have been sent.
+      return 'connection_terminated';
   }
   if (code.startsWith('HPE_')) return 'http_protocol_error';
   if (TLS_CERT.test(code)) return 'tls_certificate_error';

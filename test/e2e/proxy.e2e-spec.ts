@@ -215,7 +215,7 @@ describe('proxying', () => {
     const res = await request(`${sut.url}/down`, { agent });
     assert.equal(res.status, 503);
     assert.equal(res.headers['retry-after'], '1');
-    assert.match(res.body, /no healthy backend is available \(destination_unavailable\)/);
+    assert.match(res.body, /^503 Service Unavailable: no backend is available .*\(destination_unavailable\)/);
     const health = await request(`${sut.url}/health`);
     assert.equal(health.status, 503);
     assert.equal(health.json().error.backends.message, 'no healthy backend');
@@ -266,3 +266,22 @@ function rawRequest(port: number, text: string): Promise<string> {
     s.setTimeout(5000, () => s.destroy(new Error('raw request timed out')));
   });
 }
+
+describe('retrying requests with a body', () => {
+  it('sends a POST to the next backend when the first refuses the connection (no body byte was sent)', async () => {
+    const alive = await startBackends(1);
+    const dead = await startBackends(1);
+    const deadUrl = dead[0].url;
+    await dead[0].close();
+    const sut = await startProxy([deadUrl, alive[0].url], 'healthCheck: {interval: 1h}');
+    try {
+      const res = await request(`${sut.url}/orders`, { method: 'POST', body: 'x'.repeat(100_000), headers: { 'content-type': 'text/plain' } });
+      assert.equal(res.status, 200);
+      assert.equal(res.json().bodyBytes, 100_000);
+      assert.equal(alive[0].seen.length, 1);
+    } finally {
+      await sut.close();
+      await closeAll(alive);
+    }
+  });
+});

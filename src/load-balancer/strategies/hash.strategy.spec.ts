@@ -7,6 +7,7 @@ import { HashStrategy } from './hash.strategy.js';
 
 const byHeader = (v: string) => ({ headers: { 'x-user': v } }) as unknown as IncomingMessage;
 const users = Array.from({ length: 20_000 }, (_, i) => `user-${i}`);
+const manyUsers = Array.from({ length: 100_000 }, (_, i) => `user-${i}`);
 
 describe(HashStrategy.name, () => {
   it('sends the same key to the same backend every time', () => {
@@ -15,11 +16,18 @@ describe(HashStrategy.name, () => {
     for (const u of users.slice(0, 200)) assert.equal(sut.pick(pool, byHeader(u)), sut.pick(pool, byHeader(u)));
   });
 
-  it('spreads keys about evenly (±5% of a third each)', () => {
+  it('spreads 100 000 keys evenly, within ±2% of a third each', () => {
     const pool = makeBackends(['a', 'b', 'c']);
     const sut = HashStrategy.fromSpec(pool, 'header:x-user', undefined);
-    const s = shares(users.map((u) => sut.pick(pool, byHeader(u))!));
-    for (const id of ['a', 'b', 'c']) assert.ok(Math.abs(s[id] - 1 / 3) < 0.05, `${id}: ${s[id]}`);
+    const s = shares(manyUsers.map((u) => sut.pick(pool, byHeader(u))!));
+    for (const id of ['a', 'b', 'c']) assert.ok(Math.abs(s[id] - 1 / 3) < 0.02, `${id}: ${s[id]}`);
+  });
+
+  it('gives weighted backends their share of keys (weights 3:1, within ±2%)', () => {
+    const pool = makeBackends([{ id: 'a', weight: 3 }, { id: 'b' }]);
+    const sut = HashStrategy.fromSpec(pool, 'header:x-user', undefined);
+    const s = shares(manyUsers.map((u) => sut.pick(pool, byHeader(u))!));
+    assert.ok(Math.abs(s.a - 0.75) < 0.02, `a: ${s.a}`);
   });
 
   it('moves about 1/N of the keys when a backend is added', () => {
@@ -54,18 +62,23 @@ describe(HashStrategy.name, () => {
     for (const u of users) assert.equal(sut.pick(all, byHeader(u)), home.get(u), 'keys come back');
   });
 
-  it('never lets one backend exceed balanceFactor × the average load', () => {
-    const pool = makeBackends(['a', 'b', 'c', 'd']);
-    const sut = HashStrategy.fromSpec(pool, 'header:x-user', 1.25);
-    // One hot key, 400 concurrent requests that all stay in flight.
-    for (let i = 0; i < 400; i++) {
-      const b = sut.pick(pool, byHeader('hot'))!;
-      b.inFlight++;
-      const total = pool.reduce((n, x) => n + x.inFlight, 0);
-      const cap = Math.ceil((1.25 * total) / pool.length);
-      for (const x of pool) assert.ok(x.inFlight <= cap, `${x.id} has ${x.inFlight} > cap ${cap} at request ${i}`);
-    }
-  });
+  for (const weights of [[1, 1, 1, 1], [3, 1, 1, 1]]) {
+    it(`never lets one backend exceed balanceFactor × its weighted share of the load (weights ${weights.join(',')})`, () => {
+      const pool = makeBackends(weights.map((w, i) => ({ id: `b${i}`, weight: w })));
+      const sut = HashStrategy.fromSpec(pool, 'header:x-user', 1.25);
+      const totalWeight = weights.reduce((a, b) => a + b, 0);
+      // One hot key, 400 concurrent requests that all stay in flight.
+      for (let i = 0; i < 400; i++) {
+        const b = sut.pick(pool, byHeader('hot'))!;
+        b.inFlight++;
+        const total = pool.reduce((n, x) => n + x.inFlight, 0);
+        for (const x of pool) {
+          const cap = Math.ceil(((1.25 * total) / totalWeight) * x.weight);
+          assert.ok(x.inFlight <= cap, `${x.id} has ${x.inFlight} > cap ${cap} at request ${i}`);
+        }
+      }
+    });
+  }
 
   it('spreads requests without the key round-robin', () => {
     const pool = makeBackends(['a', 'b']);

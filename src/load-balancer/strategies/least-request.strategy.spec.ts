@@ -28,6 +28,21 @@ describe(LeastConnectionsStrategy.name, () => {
     assert.deepEqual(Array.from({ length: 6 }, () => sut.pick(pool)!.id), ['a', 'b', 'c', 'a', 'b', 'c']);
   });
 
+  it('spreads ties evenly whichever backend is busy', () => {
+    const sut = new LeastConnectionsStrategy();
+    const pool = makeBackends(['a', 'b', 'c']);
+    pool[1].inFlight = 1;
+    const s = shares(Array.from({ length: 3000 }, () => sut.pick(pool)!));
+    assert.deepEqual(s, { a: 0.5, c: 0.5 });
+  });
+
+  it('shares idle backends by weight (5:1 gives 5:1)', () => {
+    const sut = new LeastConnectionsStrategy();
+    const pool = makeBackends([{ id: 'a', weight: 5 }, { id: 'b' }]);
+    const s = shares(Array.from({ length: 6000 }, () => sut.pick(pool)!));
+    assert.equal(s.a, 5 / 6);
+  });
+
   it('follows uneven load as requests start and finish', () => {
     const sut = new LeastConnectionsStrategy();
     const pool = makeBackends(['fast', 'slow']);

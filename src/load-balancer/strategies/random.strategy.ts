@@ -1,17 +1,17 @@
 import type { IncomingMessage } from 'node:http';
 import type { Backend } from '../../backend/backend.js';
 import type { LbStrategy } from '../strategy.interface.js';
-import { anySlowStart, uniformWeights } from './weights.js';
+import { rampEnd, uniformWeights } from './weights.js';
 
 /**
  * Weighted random. Equal weights: O(1). Otherwise a cumulative-weight table, built once per
- * pool snapshot, and a binary search: O(log n). While slow start may be ramping a backend the
- * table is rebuilt per pick (O(n)), since weights then change with time.
+ * pool snapshot, and a binary search: O(log n). While a slow-start ramp is running the table is
+ * rebuilt per pick (O(n)), since weights then change with time.
  */
 export class RandomStrategy implements LbStrategy {
   private lastPool: readonly Backend[] | undefined = undefined;
   private uniform = true;
-  private dynamic = false;
+  private rampUntil = 0;
   private cumulative: Float64Array = new Float64Array(0);
 
   constructor(
@@ -24,11 +24,17 @@ export class RandomStrategy implements LbStrategy {
     if (n === 0) return undefined;
     if (pool !== this.lastPool) {
       this.lastPool = pool;
-      this.dynamic = anySlowStart(pool);
-      this.uniform = !this.dynamic && uniformWeights(pool);
-      if (!this.uniform) this.build(pool);
-    } else if (this.dynamic) this.build(pool);
-    if (this.uniform) return pool[Math.floor(this.random() * n)];
+      this.rampUntil = rampEnd(pool);
+      this.uniform = uniformWeights(pool);
+      this.build(pool);
+    } else if (this.rampUntil !== 0) {
+      if (this.now() < this.rampUntil) this.build(pool);
+      else {
+        this.rampUntil = 0;
+        this.build(pool); // once more at full weights
+      }
+    }
+    if (this.uniform && this.rampUntil === 0) return pool[Math.floor(this.random() * n)];
     const cum = this.cumulative;
     const target = this.random() * cum[n - 1];
     let lo = 0;
