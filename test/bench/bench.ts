@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream]`
+ * `npm run bench [-- --quick | --picks-only] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream]`
  *
  * Side by side on the same origins, interleaved A B C D over several rounds: direct to the
  * origin, Proxymity (dist/main.js, default features on), the bare http-proxy script
@@ -322,6 +322,10 @@ function ratio(a: number | undefined, b: number | undefined): string {
 
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
+  if (process.argv.includes('--picks-only')) {
+    console.log(renderPicks(benchPicks(400)).join('\n'));
+    return;
+  }
   try {
     execFileSync('wrk', ['--version'], { stdio: 'ignore' });
   } catch (e) {
@@ -427,9 +431,14 @@ function render(rows: Row[], streams: StreamRow[], picks: PickResult[], meta: { 
   lines.push('', `Proxymity idle RSS: ${fmt(meta.idleRss, 1)} MiB`, '');
   lines.push('| streaming | target | MiB | seconds | MiB/s | RSS growth MiB |', '|---|---|---:|---:|---:|---:|');
   for (const s of streams) lines.push(`| ${s.direction} | ${s.target} | ${s.mib} | ${s.seconds.toFixed(2)} | ${fmt(s.mib / s.seconds)} | ${s.rssGrowthMiB.toFixed(1)} |`);
-  lines.push('', '| strategy | backends | pick() per second |', '|---|---:|---:|');
-  for (const p of picks) lines.push(`| ${p.strategy} | ${p.backends} | ${fmt(p.picksPerSecond)} |`);
+  lines.push('', ...renderPicks(picks));
   return lines.join('\n');
+}
+
+function renderPicks(picks: PickResult[]): string[] {
+  const lines = ['| strategy | backends | pick() per second |', '|---|---:|---:|'];
+  for (const p of picks) lines.push(`| ${p.strategy} | ${p.backends} | ${fmt(p.picksPerSecond)} |`);
+  return lines;
 }
 
 // Bounded in time whatever happens: a stuck run ends itself (children are killed by the group).
