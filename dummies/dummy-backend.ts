@@ -36,6 +36,8 @@ export class DummyBackend {
   /** "METHOD path" of every non-health request, in order (for framing tests). */
   readonly seen: string[] = [];
   healthy = true;
+  /** Method and headers of the last /health request (what the proxy's probes send). */
+  lastHealthRequest: { method: string; headers: IncomingMessage['headers'] } | undefined = undefined;
   /** Latency of /health answers (ms), to make probes time out. */
   healthDelayMs = 0;
   /** Extra latency for every non-health request (ms). */
@@ -111,6 +113,7 @@ export class DummyBackend {
     const url = req.url ?? '/';
     const path = url.split('?')[0];
     if (path === '/health') {
+      this.lastHealthRequest = { method: req.method ?? '', headers: req.headers };
       req.resume();
       const answer = () => this.json(res, this.healthy ? 200 : 503, { status: this.healthy ? 'ok' : 'unhealthy', backend: this.name });
       if (this.healthDelayMs > 0) setTimeout(answer, this.healthDelayMs);

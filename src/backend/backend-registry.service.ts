@@ -17,7 +17,7 @@ export class BackendRegistry implements OnApplicationShutdown {
   private eligible: readonly Backend[];
   private eligibleBackups: readonly Backend[];
 
-  constructor(@Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig) {
+  constructor(@Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig) {
     const u = cfg.upstream;
     const agentOptions = {
       connectTimeoutMs: u.connectTimeout,
@@ -26,7 +26,7 @@ export class BackendRegistry implements OnApplicationShutdown {
       maxSockets: u.maxSockets,
       maxFreeSockets: u.maxFreeSockets,
     };
-    this.all = Object.freeze(cfg.backend.map((b, i) => new Backend(b, i, cfg.loadBalancer.slowStart, agentOptions)));
+    this.all = Object.freeze(cfg.backend.map((b, i) => new Backend(b, i, cfg.loadBalancer.slowStart, agentOptions, { ...cfg.healthCheck, ...b.healthCheck })));
     this.eligible = this.buildEligible(false);
     this.eligibleBackups = this.buildEligible(true);
   }
@@ -48,7 +48,14 @@ export class BackendRegistry implements OnApplicationShutdown {
   /** Outcome of one active probe; thresholds decide whether health changes. */
   reportProbe(backend: Backend, ok: boolean, detail: string, latencyMs: number): void {
     backend.lastProbe = { at: Date.now(), ok, detail, latencyMs };
-    const hc = this.cfg.healthCheck;
+    const hc = backend.check;
+    const first = !backend.checked;
+    backend.checked = true;
+    if (first && ok && !backend.healthy) {
+      // initialState "unknown": the first passing probe admits the backend.
+      this.transition(backend, true, 'probe', `first probe passed: ${detail}`);
+      return;
+    }
     if (ok) {
       backend.consecutiveFailures = 0;
       backend.consecutiveSuccesses++;
@@ -72,17 +79,13 @@ export class BackendRegistry implements OnApplicationShutdown {
   reportPassiveFailure(backend: Backend, reason: string): void {
     backend.consecutiveSuccesses = 0;
     if (!backend.healthy) return;
-    backend.cooldownUntil = Date.now() + this.cfg.healthCheck.cooldown;
+    backend.cooldownUntil = Date.now() + backend.check.cooldown;
     this.transition(backend, false, 'passive', reason);
   }
 
-  /** With active checks off: re-admit backends whose cool-down has passed. */
-  releaseCooledDown(now: number): void {
-    for (const b of this.all) {
-      if (b.enabled && !b.healthy && b.cooldownUntil <= now) {
-        this.transition(b, true, 'cooldown', 'cool-down over, trying it again');
-      }
-    }
+  /** A backend without active checks whose cool-down has passed is tried again. */
+  releaseIfCooledDown(b: Backend, now: number): void {
+    if (b.enabled && !b.healthy && b.cooldownUntil <= now) this.transition(b, true, 'cooldown', 'cool-down over, trying it again');
   }
 
   private transition(backend: Backend, healthy: boolean, source: HealthSource, reason: string): void {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { makeBackends } from '../../test/helpers/backends.js';
+import { DEFAULT_CHECK, makeBackends } from '../../test/helpers/backends.js';
 import { Backend } from './backend.js';
 
 describe(Backend.name, () => {
@@ -28,7 +28,7 @@ describe(Backend.name, () => {
     const [a] = makeBackends(['a']);
     assert.equal(a.hostname, '127.0.0.1');
     assert.equal(a.basePath, '');
-    const v6 = new Backend({ name: 'v6', url: 'http://[::1]:8081/api/', enabled: true, weight: 1, backup: false }, 0, 0, { connectTimeoutMs: 1, readTimeoutMs: 1, idleTimeoutMs: 1, maxSockets: 1, maxFreeSockets: 1 });
+    const v6 = new Backend({ name: 'v6', url: 'http://[::1]:8081/api/', enabled: true, weight: 1, backup: false }, 0, 0, { connectTimeoutMs: 1, readTimeoutMs: 1, idleTimeoutMs: 1, maxSockets: 1, maxFreeSockets: 1 }, DEFAULT_CHECK);
     assert.equal(v6.hostname, '::1');
     assert.equal(v6.port, 8081);
     assert.equal(v6.basePath, '/api');

@@ -16,6 +16,27 @@ export interface BackendSpec {
   readonly maxConnections?: number;
   /** ms; undefined = the load balancer's default. */
   readonly slowStart?: number;
+  readonly healthCheck?: Partial<ProbeSpec>;
+}
+
+/** The health check that applies to one backend: `healthCheck` merged with its own overrides. */
+export interface ProbeSpec {
+  readonly enabled: boolean;
+  readonly path: string;
+  readonly method: string;
+  readonly interval: number;
+  readonly unhealthyInterval?: number;
+  readonly timeout: number;
+  readonly jitter: number;
+  readonly healthyThreshold: number;
+  readonly unhealthyThreshold: number;
+  /** Inclusive [low, high] status ranges that pass. */
+  readonly expectStatus: readonly (readonly number[])[];
+  readonly expectBody?: string;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly port?: number;
+  readonly initialState: 'healthy' | 'unknown';
+  readonly cooldown: number;
 }
 
 export type HealthSource = 'probe' | 'passive' | 'cooldown';
@@ -51,9 +72,13 @@ export class Backend {
   /** Set once by ProxyEngine on first use; opaque to everyone else. */
   forwarder: unknown = undefined;
 
+  /** The active health check for this backend (defaults merged with its overrides). */
+  readonly check: ProbeSpec;
   /** Requests currently being forwarded to this backend. */
   inFlight = 0;
-  healthy = true;
+  healthy: boolean;
+  /** False until the first probe result: with initialState "unknown" the backend is "unknown", not "down". */
+  checked = false;
   consecutiveFailures = 0;
   consecutiveSuccesses = 0;
   /** With active checks off: when a passively failed backend is tried again (epoch ms). */
@@ -63,8 +88,10 @@ export class Backend {
   lastChange: HealthEvent | undefined = undefined;
   lastProbe: { at: number; ok: boolean; detail: string; latencyMs: number } | undefined = undefined;
 
-  constructor(cfg: BackendSpec, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions) {
+  constructor(cfg: BackendSpec, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions, check: ProbeSpec) {
     this.slot = slot;
+    this.check = check;
+    this.healthy = check.initialState === 'healthy';
     this.weight = cfg.weight;
     this.backup = cfg.backup;
     this.maxConnections = cfg.maxConnections ?? Infinity;

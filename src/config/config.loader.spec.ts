@@ -146,3 +146,26 @@ describe('suggest', () => {
     assert.equal(suggest('zzz', ['healthCheck', 'proxy']), undefined);
   });
 });
+
+describe('parseConfig: health check options', () => {
+  it('normalises expectStatus to ranges and merges nothing by itself', () => {
+    const sut = parseConfig(`${SEED}\nhealthCheck: {expectStatus: [200, "300-302"], method: HEAD, jitter: 500ms, unhealthyInterval: 2s}\n`);
+    assert.deepEqual(sut.healthCheck.expectStatus, [[200, 200], [300, 302]]);
+    assert.equal(sut.healthCheck.method, 'HEAD');
+    assert.equal(sut.healthCheck.jitter, 500);
+    assert.equal(sut.healthCheck.unhealthyInterval, 2000);
+    assert.deepEqual(parseConfig(SEED).healthCheck.expectStatus, [[200, 399]]);
+  });
+
+  it('accepts per-backend overrides and rejects unknown keys there with a hint', () => {
+    const sut = parseConfig('backend:\n  - url: http://h:1\n    healthCheck: {path: /ready, port: 9000}\n');
+    assert.equal(sut.backend[0].healthCheck?.path, '/ready');
+    assert.match(problems('backend:\n  - url: http://h:1\n    healthCheck: {pth: /ready}\n'), /backend\[0\]\.healthCheck\.pth: unknown key; did you mean "path"\?/);
+  });
+
+  it('rejects a bad status, a bad regex and a regex with unsupported flags', () => {
+    assert.match(problems(`${SEED}\nhealthCheck: {expectStatus: "2xx"}\n`), /healthCheck\.expectStatus/);
+    assert.match(problems(`${SEED}\nhealthCheck: {expectBody: "/([a-/"}\n`), /healthCheck\.expectBody: invalid regular expression/);
+    assert.match(problems(`${SEED}\nhealthCheck: {expectBody: "/ok/g"}\n`), /healthCheck\.expectBody: invalid regular expression/);
+  });
+});

@@ -86,6 +86,49 @@ const httpUrl = z.string().transform((value, ctx) => {
 
 const urlPath = z.string().regex(/^\/[^\s?#]*$/, { message: 'expected an absolute path such as "/health"' });
 
+/** "200-399", 204, or a list of them -> inclusive [low, high] ranges. */
+const statusItem = z.union([z.number().int().min(100).max(599), z.string().regex(/^[1-5]\d\d(-[1-5]\d\d)?$/, { message: 'expected a status such as 200 or a range such as "200-399"' })]);
+const expectStatus = z.union([statusItem, z.array(statusItem).min(1)]).transform((value) =>
+  (Array.isArray(value) ? value : [value]).map((item): [number, number] => {
+    if (typeof item === 'number') return [item, item];
+    const [lo, hi = lo] = item.split('-').map(Number);
+    return [Math.min(lo, hi), Math.max(lo, hi)];
+  }),
+);
+const headerName = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
+
+/** Fields of a health check, without defaults: `healthCheck` adds them, `backend[].healthCheck` overrides. */
+const healthCheckFields = {
+  enabled: z.boolean(),
+  path: urlPath,
+  method: z.enum(['GET', 'HEAD', 'OPTIONS']),
+  interval: duration({ min: 1000, max: 3_600_000 }),
+  unhealthyInterval: duration({ min: 1000, max: 3_600_000 }),
+  timeout: duration({ min: 10, max: 600_000 }),
+  jitter: duration({ max: 600_000 }),
+  healthyThreshold: positiveInt(100),
+  unhealthyThreshold: positiveInt(100),
+  expectStatus,
+  expectBody: z.string().min(1).refine((v) => compilesIfRegex(v), { error: 'invalid regular expression' }),
+  headers: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()),
+  port: z.number().int().min(1).max(65535),
+  initialState: z.enum(['healthy', 'unknown']),
+};
+
+/** `/…/flags` is a regular expression (flags i, m, s, u only); anything else a substring. */
+export function compilesIfRegex(v: string): boolean {
+  const m = /^\/(.+)\/([imsu]*)$/.exec(v);
+  if (!m) return !/^\/.+\/[a-z]*$/.test(v); // "/x/g" and friends: refuse rather than misread
+  try {
+    new RegExp(m[1], m[2]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const healthCheckOverride = z.strictObject(healthCheckFields).partial().describe('Per-backend overrides of any healthCheck key.');
+
 export const backendSchema = z
   .strictObject({
     name: z.string().min(1).max(128).regex(/^[A-Za-z0-9._:-]+$/, { message: 'use letters, digits, ".", "_", ":" or "-"' })
@@ -96,6 +139,7 @@ export const backendSchema = z
     backup: z.boolean().prefault(false).describe('Used only while no primary (non-backup) backend is eligible. Default false.'),
     maxConnections: z.number().int().min(1).max(1_000_000).optional().describe('Most requests in flight to this backend; at the cap it is skipped, all at cap gives 503. Default: no cap.'),
     slowStart: duration({ max: 3_600_000 }).optional().describe('After recovering, ramp this backend\'s weight from 10% to full over this window. Default: loadBalancer.slowStart.'),
+    healthCheck: healthCheckOverride.optional(),
   })
   .describe('One upstream server.');
 
@@ -155,12 +199,20 @@ export const configSchema = z
       .describe('Load-balancing policy.'),
     healthCheck: z
       .strictObject({
-        enabled: z.boolean().prefault(true).describe('Run active health checks. Default true. Passive marking applies either way.'),
-        path: urlPath.prefault('/health').describe('Path probed with GET on each enabled backend. Default "/health".'),
-        interval: duration({ min: 1000, max: 3_600_000 }).prefault('10s').describe('Time between probes of one backend; at least 1s (probes are scheduled by a once-a-second cron tick). Default 10s.'),
-        timeout: duration({ min: 10, max: 600_000 }).prefault('2s').describe('A probe that has no complete answer within this time fails. Default 2s.'),
-        healthyThreshold: positiveInt(100).prefault(2).describe('Consecutive passing probes that bring an unhealthy backend back. Default 2.'),
-        unhealthyThreshold: positiveInt(100).prefault(3).describe('Consecutive failing probes that take a healthy backend out. Default 3.'),
+        enabled: healthCheckFields.enabled.prefault(true).describe('Run active health checks. Default true. Passive marking applies either way.'),
+        path: healthCheckFields.path.prefault('/health').describe('Path probed on each enabled backend. Default "/health".'),
+        method: healthCheckFields.method.prefault('GET').describe('GET, HEAD or OPTIONS. Default GET.'),
+        interval: healthCheckFields.interval.prefault('10s').describe('Time between probes of a healthy backend; at least 1s (probes are scheduled by a once-a-second cron tick). Default 10s.'),
+        unhealthyInterval: healthCheckFields.unhealthyInterval.optional().describe('Time between probes of an unhealthy backend (probe faster while down). Default: interval.'),
+        timeout: healthCheckFields.timeout.prefault('2s').describe('A probe that has no complete answer within this time fails. Default 2s.'),
+        jitter: healthCheckFields.jitter.prefault(0).describe('Random extra delay (0..jitter) added to each interval, so probes from many instances spread out. Default 0.'),
+        healthyThreshold: healthCheckFields.healthyThreshold.prefault(2).describe('Consecutive passing probes that bring an unhealthy backend back. Default 2.'),
+        unhealthyThreshold: healthCheckFields.unhealthyThreshold.prefault(3).describe('Consecutive failing probes that take a healthy backend out. Default 3.'),
+        expectStatus: healthCheckFields.expectStatus.prefault('200-399').describe('Statuses that pass: 200, "200-299", or a list of them. Default "200-399".'),
+        expectBody: healthCheckFields.expectBody.optional().describe('The body must contain this text, or match "/regex/flags". Default: not checked.'),
+        headers: healthCheckFields.headers.prefault({}).describe('Extra request headers for probes (e.g. Host). Default none.'),
+        port: healthCheckFields.port.optional().describe('Probe this port instead of the backend URL\'s. Default: the URL\'s port.'),
+        initialState: healthCheckFields.initialState.prefault('healthy').describe('"healthy": traffic flows at once; "unknown": no traffic until the first passing probe. Default "healthy".'),
         cooldown: duration({ min: 100, max: 3_600_000 }).prefault('10s').describe('With active checks off, how long a passively failed backend rests before it is tried again. Default 10s.'),
       })
       .prefault({})

@@ -20,7 +20,7 @@ export class BackendsHealthIndicator {
     const backends = this.registry.all.map((b) => ({
       name: b.id,
       url: b.url.href,
-      state: !b.enabled ? 'disabled' : b.healthy ? 'up' : 'down',
+      state: !b.enabled ? 'disabled' : b.healthy ? 'up' : b.checked || b.lastChange !== undefined ? 'down' : 'unknown',
       inFlight: b.inFlight,
       ...(b.lastChange ? { since: new Date(b.lastChange.at).toISOString(), reason: `${b.lastChange.source}: ${b.lastChange.reason}` } : {}),
       ...(b.lastProbe ? { lastProbe: { at: new Date(b.lastProbe.at).toISOString(), ok: b.lastProbe.ok, detail: b.lastProbe.detail, latencyMs: b.lastProbe.latencyMs } } : {}),

@@ -126,3 +126,71 @@ describe('localhost backends', () => {
     }
   });
 });
+
+describe('health check options', () => {
+  const started: { sut: RunningProxymity; backends: DummyBackend[] }[] = [];
+  after(async () => {
+    for (const s of started) {
+      await s.sut.close();
+      await closeAll(s.backends);
+    }
+  });
+  async function setup(n: number, extraYaml: string, backendYaml: string[] = []) {
+    const backends = await startBackends(n);
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend:\n${backends.map((b, i) => `  - name: ${b.name}\n    url: ${b.url}\n${backendYaml[i] ?? ''}`).join('')}${extraYaml}\n`;
+    const { parseConfig } = await import('../../src/config/index.js');
+    const { startProxymity } = await import('../../src/proxymity.js');
+    const sut = await startProxymity(parseConfig(yaml, 'test.yaml'), { logger: false });
+    started.push({ sut, backends });
+    return { sut, backends };
+  }
+
+  it('probes with the configured method and headers, and checks status ranges and the body', async () => {
+    const { sut, backends } = await setup(2, 'healthCheck: {interval: 1s, healthyThreshold: 1, unhealthyThreshold: 1, method: HEAD, headers: {X-Probe: "yes"}, expectStatus: ["200-204"]}', ['', '    healthCheck: {method: GET, expectBody: "/\\"status\\":\\"ok\\"/"}\n']);
+    await pollUntil(() => backends[0].lastHealthRequest, (r) => r !== undefined, { timeoutMs: 3000, what: 'first probe' });
+    assert.equal(backends[0].lastHealthRequest!.method, 'HEAD');
+    assert.equal(backends[0].lastHealthRequest!.headers['x-probe'], 'yes');
+    await pollUntil(() => backends[1].lastHealthRequest, (r) => r !== undefined, { timeoutMs: 3000, what: 'first probe of b2' });
+    assert.equal(backends[1].lastHealthRequest!.method, 'GET', 'the per-backend override wins');
+    // b2's body stops matching (503 {"status":"unhealthy"}) -> down, with the reason.
+    backends[1].healthy = false;
+    const s = await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,down', { timeoutMs: 5000, what: 'b2 down' });
+    assert.match(s.body.details.backends.backends[1].reason, /HTTP 503 \(expected 200-204\)/);
+  });
+
+  it('fails a probe whose body does not match expectBody even with a passing status', async () => {
+    const { sut } = await setup(1, 'healthCheck: {interval: 1s, unhealthyThreshold: 1, expectBody: "ready"}');
+    const s = await pollUntil(() => healthState(sut.url), (x) => x.states === 'down', { timeoutMs: 5000, what: 'down on body' });
+    assert.match(s.body.error.backends.backends[0].reason, /HTTP 200, body does not match ready/);
+  });
+
+  it('probes another port when healthCheck.port is set', async () => {
+    const side = await startBackends(1);
+    started.push({ sut: { close: async () => undefined } as unknown as RunningProxymity, backends: side });
+    const { sut } = await setup(1, `healthCheck: {interval: 1s, unhealthyThreshold: 1, port: ${side[0].port}}`);
+    await pollUntil(() => side[0].lastHealthRequest, (r) => r !== undefined, { timeoutMs: 3000, what: 'probe on the side port' });
+    side[0].healthy = false;
+    await pollUntil(() => healthState(sut.url), (x) => x.states === 'down', { timeoutMs: 5000, what: 'down via the side port' });
+  });
+
+  it('sends no traffic to an "unknown" backend until its first probe passes', async () => {
+    const { sut, backends } = await setup(1, 'healthCheck: {interval: 1s, timeout: 1500ms, initialState: unknown}');
+    backends[0].healthDelayMs = 1200; // the first probe passes only after 1.2 s
+    const early = await healthState(sut.url);
+    assert.equal(early.states, 'unknown');
+    assert.equal(early.status, 503);
+    assert.equal((await request(`${sut.url}/early`)).status, 503);
+    await pollUntil(() => healthState(sut.url), (x) => x.states === 'up', { timeoutMs: 5000, what: 'first pass' });
+    assert.equal((await request(`${sut.url}/later`)).status, 200);
+  });
+
+  it('probes a down backend at unhealthyInterval, not interval', async () => {
+    const { sut, backends } = await setup(2, 'healthCheck: {interval: 1h, unhealthyInterval: 1s, healthyThreshold: 1}');
+    await pollUntil(() => backends[1].lastHealthRequest, (r) => r !== undefined, { timeoutMs: 3000, what: 'first probe' });
+    backends[1].failAlways('reset');
+    for (let i = 0; i < 4; i++) await request(`${sut.url}/x`); // passive failure takes b2 out
+    await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,down', { timeoutMs: 3000, what: 'b2 down' });
+    backends[1].behave();
+    await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,up', { timeoutMs: 4000, what: 'b2 back within seconds' });
+  });
+});

@@ -1,5 +1,9 @@
 /** Real Backend objects for strategy unit tests (their agents open no socket until used). */
 import { Backend } from '../../src/backend/backend.js';
+import { parseConfig } from '../../src/config/config.loader.js';
+
+/** The default health check, as the config schema fills it in. */
+export const DEFAULT_CHECK = parseConfig('backend:\n  - url: http://127.0.0.1:1\n').healthCheck;
 
 export function makeBackends(specs: readonly (string | { id: string; weight?: number; backup?: boolean; maxConnections?: number; slowStartMs?: number })[]): Backend[] {
   return specs.map((spec, slot) => {
@@ -9,6 +13,7 @@ export function makeBackends(specs: readonly (string | { id: string; weight?: nu
       slot,
       s.slowStartMs ?? 0,
       { connectTimeoutMs: 1000, readTimeoutMs: 1000, idleTimeoutMs: 1000, maxSockets: 1, maxFreeSockets: 1 },
+      DEFAULT_CHECK,
     );
   });
 }
