@@ -8,6 +8,7 @@
  *   ANY  /status/{code}          answers with that status
  *   GET  /bytes/{n}              n bytes of body (streamed, chunked 64 KiB)
  *   GET  /trailers               a chunked body followed by an `x-checksum` trailer
+ *   GET  /drip/{n}/{ms}          n chunks of "drip\n", one every ms milliseconds
  *   POST /_dummy/unhealthy       /health answers 503 from now on
  *   POST /_dummy/healthy         /health answers 200 again
  *   ANY  anything else           200 JSON: backend, method, path, headers, bodyBytes, bodySha256
@@ -156,6 +157,8 @@ export class DummyBackend {
       const bytesMatch = /^\/bytes\/(\d+)$/.exec(path);
       if (bytesMatch) return this.bytes(req, res, Number(bytesMatch[1]));
       if (path === '/trailers') return this.trailers(req, res);
+      const drip = /^\/drip\/(\d+)\/(\d+)$/.exec(path);
+      if (drip) return this.drip(req, res, Number(drip[1]), Number(drip[2]));
       this.echo(req, res, statusMatch ? Number(statusMatch[1]) : (this.forcedStatus ?? 200));
     };
     if (delay > 0) setTimeout(respond, delay);
@@ -204,6 +207,21 @@ export class DummyBackend {
       res.end();
     };
     pump();
+  }
+
+  private drip(req: IncomingMessage, res: ServerResponse, n: number, everyMs: number): void {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain', 'x-backend': this.name });
+    res.flushHeaders(); // headers now, body later
+    let sent = 0;
+    const timer = setInterval(() => {
+      if (res.destroyed) return clearInterval(timer);
+      res.write('drip\n');
+      if (++sent >= n) {
+        clearInterval(timer);
+        res.end();
+      }
+    }, everyMs);
   }
 
   private trailers(req: IncomingMessage, res: ServerResponse): void {

@@ -220,7 +220,9 @@ export const configSchema = z
     upstream: z
       .strictObject({
         connectTimeout: duration({ min: 10, max: 600_000 }).prefault('5s').describe('Time allowed to open a TCP connection to a backend; then 504. Default 5s.'),
-        timeout: duration({ min: 10, max: 3_600_000 }).prefault('60s').describe('Longest silence from a backend while waiting for or reading its response; then 504 (or a cut connection once the response began). Default 60s.'),
+        timeout: duration({ min: 10, max: 3_600_000 }).prefault('60s').describe('Idle timeout: longest silence from a backend while waiting for or reading its response; then 504 (or a cut connection once the response began). Default 60s.'),
+        headerTimeout: duration({ min: 10, max: 3_600_000 }).optional().describe('Time from sending the request to the response headers (time to first byte), however busy the upload; then 504. Default: only the idle timeout applies.'),
+        totalTimeout: duration({ max: 24 * 3_600_000 }).prefault(0).describe('Longest time for a whole exchange, upload and download included; then 504, or a cut connection once the response began. 0 = no limit. Default 0.'),
         keepAliveTimeout: duration({ min: 100, max: 600_000 }).prefault('4s').describe('Idle keep-alive connections to a backend are closed after this. Keep it below the backend\'s own idle timeout (Node\'s is 5s). Default 4s.'),
         maxSockets: positiveInt(65_536).prefault(512).describe('Most connections open to one backend; further requests queue. Default 512.'),
         maxFreeSockets: positiveInt(65_536).prefault(64).describe('Most idle keep-alive connections kept per backend. Default 64.'),

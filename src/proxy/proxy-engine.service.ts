@@ -39,6 +39,8 @@ import {
   isPassiveFailure,
   PROXY_ERRORS,
   READ_TIMEOUT,
+  BODY_IDLE_TIMEOUT,
+  TOTAL_TIMEOUT,
   type ProxyErrorCode,
 } from './proxy-errors.js';
 
@@ -66,6 +68,9 @@ class Exchange {
   bodyStarted = false;
   /** Request body bytes seen, counted only for chunked uploads when proxy.maxBodySize is set. */
   bodyBytes = 0;
+  /** upstream.headerTimeout / totalTimeout timers, only when those are configured. */
+  headerTimer: NodeJS.Timeout | undefined = undefined;
+  totalTimer: NodeJS.Timeout | undefined = undefined;
   /** Set when the client connection closed (normally or not); nothing more is written. */
   closed = false;
 
@@ -90,6 +95,9 @@ export class ProxyEngine {
   private readonly sticky: boolean;
   /** proxy.maxBodySize (0 = no limit); chunked uploads are counted against it as they stream. */
   readonly maxBodySize: number;
+  /** upstream.headerTimeout when it is set and shorter than the idle timeout, else 0. */
+  readonly headerTimeoutMs: number;
+  readonly totalTimeoutMs: number;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -99,6 +107,10 @@ export class ProxyEngine {
     this.retries = cfg.upstream.retries;
     this.sticky = cfg.loadBalancer.sticky !== undefined;
     this.maxBodySize = cfg.proxy.maxBodySize;
+    const header = cfg.upstream.headerTimeout;
+    // Longer than the idle timeout, a header timeout could never fire first: skip its timer.
+    this.headerTimeoutMs = header !== undefined && header < cfg.upstream.timeout ? header : 0;
+    this.totalTimeoutMs = cfg.upstream.totalTimeout;
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
@@ -107,6 +119,7 @@ export class ProxyEngine {
     (res as WithExchange<ServerResponse>)[kExchange] = ex;
     res.once('close', onClientClose);
     this.inFlight++;
+    if (this.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, this.totalTimeoutMs, ex);
     this.attempt(ex, backend);
   }
 
@@ -196,6 +209,10 @@ export class ProxyEngine {
 
   /** @internal */
   onUpstreamResponse(ex: Exchange, up: ClientRequest, pres: IncomingMessage): void {
+    if (ex.headerTimer !== undefined) {
+      clearTimeout(ex.headerTimer);
+      ex.headerTimer = undefined;
+    }
     if (ex.upstream !== up || ex.closed) {
       pres.resume();
       return;
@@ -241,6 +258,8 @@ export class ProxyEngine {
   /** @internal the client connection closed: normal end, or the client gave up. */
   onClientClose(ex: Exchange): void {
     ex.closed = true;
+    if (ex.totalTimer !== undefined) clearTimeout(ex.totalTimer);
+    if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
     this.inFlight--;
     const up = ex.upstream;
     this.release(ex);
@@ -300,6 +319,11 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
   up.on('response', onUpstreamResponse);
   up.on('error', onUpstreamError);
   up.on('timeout', onUpstreamTimeout);
+  const headerMs = ex.engine.headerTimeoutMs;
+  if (headerMs > 0) {
+    if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
+    ex.headerTimer = setTimeout(onHeaderTimeout, headerMs, ex, up);
+  }
   if (ex.bodyless) up.end();
   else {
     // The body starts flowing once the connection is up, so a request whose connection is
@@ -366,12 +390,32 @@ function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
   else ex.engine.onUpstreamError(ex, err);
 }
 
-/** Fired by the socket timeouts the backend's agent sets (connect, then read). */
+/** Fired by the socket timeouts the backend's agent sets (connect, then idle). */
 function onUpstreamTimeout(this: ClientRequest): void {
   const connecting = this.socket?.connecting === true;
-  const err: NodeJS.ErrnoException = new Error(connecting ? 'connect timeout' : 'no data from the backend within the upstream timeout');
-  err.code = connecting ? CONNECT_TIMEOUT : READ_TIMEOUT;
+  const inBody = (this as { res?: IncomingMessage }).res !== undefined;
+  const err: NodeJS.ErrnoException = new Error(
+    connecting ? 'connect timeout (upstream.connectTimeout)' : inBody ? 'backend silent mid-body (upstream.timeout)' : 'no response within the idle timeout (upstream.timeout)',
+  );
+  err.code = connecting ? CONNECT_TIMEOUT : inBody ? BODY_IDLE_TIMEOUT : READ_TIMEOUT;
   this.destroy(err);
+}
+
+/** upstream.headerTimeout: the response headers did not arrive in time. */
+function onHeaderTimeout(ex: Exchange, up: ClientRequest): void {
+  ex.headerTimer = undefined;
+  if (ex.upstream !== up || up.destroyed) return;
+  up.destroy(Object.assign(new Error('no response headers within upstream.headerTimeout'), { code: READ_TIMEOUT }));
+}
+
+/** upstream.totalTimeout: the whole exchange took too long. */
+function onTotalTimeout(ex: Exchange): void {
+  ex.totalTimer = undefined;
+  if (ex.closed) return;
+  const up = ex.upstream;
+  if (up !== undefined && !up.destroyed) up.destroy(Object.assign(new Error('exchange exceeded upstream.totalTimeout'), { code: TOTAL_TIMEOUT }));
+  else if (!ex.res.headersSent) ex.engine.onUpstreamError(ex, Object.assign(new Error('exchange exceeded upstream.totalTimeout'), { code: TOTAL_TIMEOUT }));
+  else ex.res.destroy();
 }
 
 function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): void {

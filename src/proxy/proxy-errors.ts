@@ -10,6 +10,7 @@ export const PROXY_ERRORS = {
   connection_terminated: { status: 502, text: 'the backend closed the connection before responding' },
   connection_timeout: { status: 504, text: 'the backend did not accept the connection in time' },
   http_response_timeout: { status: 504, text: 'the backend did not respond in time' },
+  connection_read_timeout: { status: 504, text: 'the backend went silent in the middle of its response' },
   dns_error: { status: 502, text: 'the backend host name could not be resolved' },
   destination_ip_unroutable: { status: 502, text: 'the backend address is unreachable' },
   http_protocol_error: { status: 502, text: 'the backend sent an invalid HTTP response' },
@@ -39,6 +40,8 @@ export const isPassiveFailure = (code: ProxyErrorCode): boolean => PASSIVE_FAILU
 /** Error codes set by the engine for its own timeouts. */
 export const CONNECT_TIMEOUT = 'PROXYMITY_CONNECT_TIMEOUT';
 export const READ_TIMEOUT = 'PROXYMITY_READ_TIMEOUT';
+export const BODY_IDLE_TIMEOUT = 'PROXYMITY_BODY_IDLE_TIMEOUT';
+export const TOTAL_TIMEOUT = 'PROXYMITY_TOTAL_TIMEOUT';
 
 const TLS_CERT = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME/;
 
@@ -50,7 +53,10 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
     case CONNECT_TIMEOUT:
       return 'connection_timeout';
     case READ_TIMEOUT:
+    case TOTAL_TIMEOUT:
       return 'http_response_timeout';
+    case BODY_IDLE_TIMEOUT:
+      return 'connection_read_timeout';
     case 'ECONNRESET':
     case 'EPIPE':
     case 'ECONNABORTED':
