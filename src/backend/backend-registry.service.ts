@@ -17,7 +17,10 @@ export class BackendRegistry implements OnApplicationShutdown {
   private eligible: readonly Backend[];
   private eligibleBackups: readonly Backend[];
 
+  private readonly outlier: ProxymityConfig['outlierDetection'];
+
   constructor(@Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig) {
+    this.outlier = cfg.outlierDetection;
     const u = cfg.upstream;
     const agentOptions = {
       connectTimeoutMs: u.connectTimeout,
@@ -72,24 +75,53 @@ export class BackendRegistry implements OnApplicationShutdown {
   }
 
   /**
-   * A forwarded request failed at the connection level (refused, reset, connect timeout):
-   * the backend leaves the rotation at once. Active probes, or the cool-down when they are
-   * off, bring it back.
+   * Outlier detection (Envoy semantics). A forwarded request failed at the connection level
+   * (refused, reset, connect timeout, invalid response; a 5xx with consider5xx): after
+   * `consecutiveFailures` in a row the backend is ejected for baseEjectionTime × its number of
+   * ejections (capped at maxEjectionTime), unless that would eject more than
+   * maxEjectionPercent of the enabled backends. It comes back when the time is over or when
+   * active probes pass, whichever is first.
    */
   reportPassiveFailure(backend: Backend, reason: string): void {
     backend.consecutiveSuccesses = 0;
     if (!backend.healthy) return;
-    backend.cooldownUntil = Date.now() + backend.check.cooldown;
-    this.transition(backend, false, 'passive', reason);
+    const od = this.outlier;
+    backend.passiveFailures++;
+    if (backend.passiveFailures < od.consecutiveFailures) return;
+    const enabled = this.all.filter((b) => b.enabled);
+    const allowed = Math.max(1, Math.floor((enabled.length * od.maxEjectionPercent) / 100));
+    const ejectedNow = enabled.filter((b) => b.ejected).length;
+    if (ejectedNow >= allowed) {
+      backend.passiveFailures = 0;
+      this.logger.warn(`backend "${backend.id}" failed (${reason}) but stays in: ${ejectedNow} of ${enabled.length} already ejected (maxEjectionPercent ${od.maxEjectionPercent})`);
+      return;
+    }
+    const now = Date.now();
+    // The ejection count is forgotten once the backend has stayed up for maxEjectionTime.
+    if (backend.healthySince > 0 && now - backend.healthySince >= od.maxEjectionTime) backend.ejections = 0;
+    backend.ejections++;
+    const ms = Math.min((od.baseEjectionTime ?? backend.check.cooldown) * backend.ejections, od.maxEjectionTime);
+    backend.ejected = true;
+    backend.ejectedUntil = now + ms;
+    this.transition(backend, false, 'passive', `${reason}; ejected for ${ms}ms (ejection ${backend.ejections})`);
   }
 
-  /** A backend without active checks whose cool-down has passed is tried again. */
-  releaseIfCooledDown(b: Backend, now: number): void {
-    if (b.enabled && !b.healthy && b.cooldownUntil <= now) this.transition(b, true, 'cooldown', 'cool-down over, trying it again');
+  /** A proxied request to the backend succeeded: its run of passive failures is over. */
+  reportSuccess(backend: Backend): void {
+    backend.passiveFailures = 0;
+  }
+
+  /** An ejected backend whose ejection time is over is tried again. */
+  releaseExpiredEjection(b: Backend, now: number): void {
+    if (b.enabled && b.ejected && !b.healthy && b.ejectedUntil <= now) this.transition(b, true, 'outlier', 'ejection time over, trying it again');
   }
 
   private transition(backend: Backend, healthy: boolean, source: HealthSource, reason: string): void {
     backend.healthy = healthy;
+    if (healthy) {
+      backend.ejected = false;
+      backend.passiveFailures = 0;
+    }
     backend.consecutiveFailures = 0;
     backend.consecutiveSuccesses = 0;
     const now = Date.now();

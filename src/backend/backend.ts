@@ -39,7 +39,7 @@ export interface ProbeSpec {
   readonly cooldown: number;
 }
 
-export type HealthSource = 'probe' | 'passive' | 'cooldown';
+export type HealthSource = 'probe' | 'passive' | 'outlier';
 
 /** One line of a backend's recent health history (kept for /health details and logs). */
 export interface HealthEvent {
@@ -81,8 +81,13 @@ export class Backend {
   checked = false;
   consecutiveFailures = 0;
   consecutiveSuccesses = 0;
-  /** With active checks off: when a passively failed backend is tried again (epoch ms). */
-  cooldownUntil = 0;
+  /** Connection-level failures of proxied requests in a row (outlier detection). */
+  passiveFailures = 0;
+  /** Passively ejected (as opposed to failed by probes); `ejectedUntil` is when it is tried again. */
+  ejected = false;
+  ejectedUntil = 0;
+  /** Ejections so far; each lasts longer, up to outlierDetection.maxEjectionTime. */
+  ejections = 0;
   /** When the backend last became healthy again (epoch ms); 0 = healthy since start, no ramp. */
   healthySince = 0;
   lastChange: HealthEvent | undefined = undefined;

@@ -213,10 +213,20 @@ export const configSchema = z
         headers: healthCheckFields.headers.prefault({}).describe('Extra request headers for probes (e.g. Host). Default none.'),
         port: healthCheckFields.port.optional().describe('Probe this port instead of the backend URL\'s. Default: the URL\'s port.'),
         initialState: healthCheckFields.initialState.prefault('healthy').describe('"healthy": traffic flows at once; "unknown": no traffic until the first passing probe. Default "healthy".'),
-        cooldown: duration({ min: 100, max: 3_600_000 }).prefault('10s').describe('With active checks off, how long a passively failed backend rests before it is tried again. Default 10s.'),
+        cooldown: duration({ min: 100, max: 3_600_000 }).prefault('10s').describe('How long a passively ejected backend rests before it is tried again (the default of outlierDetection.baseEjectionTime). Default 10s.'),
       })
       .prefault({})
       .describe('Active and passive health checking.'),
+    outlierDetection: z
+      .strictObject({
+        consecutiveFailures: positiveInt(1000).prefault(1).describe('Connection-level failures in a row (refused, reset, connect timeout, invalid response; 5xx with consider5xx) that eject a backend. Default 1: at once.'),
+        consider5xx: z.boolean().prefault(false).describe('Count 5xx answers as failures too. Default false.'),
+        baseEjectionTime: duration({ min: 100, max: 3_600_000 }).optional().describe('An ejection lasts baseEjectionTime × the number of times the backend was ejected, up to maxEjectionTime. Default: healthCheck.cooldown (10s).'),
+        maxEjectionTime: duration({ min: 100, max: 24 * 3_600_000 }).prefault('300s').describe('Longest ejection; also how long a backend must stay up before its ejection count is forgotten. Default 300s.'),
+        maxEjectionPercent: z.number().int().min(0).max(100).prefault(100).describe('Never eject more than this share of the enabled backends at once (at least one can always be ejected). Default 100.'),
+      })
+      .prefault({})
+      .describe('Passive health (Envoy-style outlier detection) from proxied traffic.'),
     upstream: z
       .strictObject({
         connectTimeout: duration({ min: 10, max: 600_000 }).prefault('5s').describe('Time allowed to open a TCP connection to a backend; then 504. Default 5s.'),

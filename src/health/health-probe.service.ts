@@ -41,10 +41,8 @@ export class HealthProbeService implements OnApplicationShutdown {
       const now = Date.now();
       for (const b of this.registry.all) {
         if (!b.enabled) continue;
-        if (!b.check.enabled) {
-          this.registry.releaseIfCooledDown(b, now);
-          continue;
-        }
+        this.registry.releaseExpiredEjection(b, now);
+        if (!b.check.enabled) continue;
         if (this.running.has(b)) continue;
         const last = this.last.get(b);
         // The interval is chosen now, not when the last probe ended: a backend that went down

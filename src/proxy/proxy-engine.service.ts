@@ -93,6 +93,7 @@ export class ProxyEngine {
   draining = false;
   private readonly retries: number;
   private readonly sticky: boolean;
+  private readonly consider5xx: boolean;
   /** proxy.maxBodySize (0 = no limit); chunked uploads are counted against it as they stream. */
   readonly maxBodySize: number;
   /** upstream.headerTimeout when it is set and shorter than the idle timeout, else 0. */
@@ -106,6 +107,7 @@ export class ProxyEngine {
   ) {
     this.retries = cfg.upstream.retries;
     this.sticky = cfg.loadBalancer.sticky !== undefined;
+    this.consider5xx = cfg.outlierDetection.consider5xx;
     this.maxBodySize = cfg.proxy.maxBodySize;
     const header = cfg.upstream.headerTimeout;
     // Longer than the idle timeout, a header timeout could never fire first: skip its timer.
@@ -218,6 +220,12 @@ export class ProxyEngine {
       return;
     }
     const res = ex.res;
+    const backend = ex.backend;
+    if (backend !== undefined) {
+      const status = pres.statusCode ?? 0;
+      if (this.consider5xx && status >= 500) this.registry.reportPassiveFailure(backend, `HTTP ${status}`);
+      else if (backend.passiveFailures !== 0) this.registry.reportSuccess(backend);
+    }
     try {
       const headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
       if (this.sticky && ex.backend !== undefined) {
@@ -393,7 +401,7 @@ function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
 /** Fired by the socket timeouts the backend's agent sets (connect, then idle). */
 function onUpstreamTimeout(this: ClientRequest): void {
   const connecting = this.socket?.connecting === true;
-  const inBody = (this as { res?: IncomingMessage }).res !== undefined;
+  const inBody = (this as { res?: IncomingMessage | null }).res != null;
   const err: NodeJS.ErrnoException = new Error(
     connecting ? 'connect timeout (upstream.connectTimeout)' : inBody ? 'backend silent mid-body (upstream.timeout)' : 'no response within the idle timeout (upstream.timeout)',
   );
