@@ -16,11 +16,31 @@ const USAGE = `Usage: proxymity [--config FILE] [--log-level LEVEL]
   --help, -h          this text
 `;
 
+const FLAGS_WITH_VALUE = new Set(['--config', '-c', '--log-level']);
+const FLAGS = new Set(['--help', '-h']);
+
+/** The first argument that is not a known flag (or a known flag's value), if any. */
+function unknownArgument(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const name = a.includes('=') ? a.slice(0, a.indexOf('=')) : a;
+    if (FLAGS.has(a)) continue;
+    if (FLAGS_WITH_VALUE.has(name)) {
+      if (!a.includes('=')) i++;
+      continue;
+    }
+    return a;
+  }
+  return undefined;
+}
+
 async function main(argv: string[]): Promise<void> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE);
     return;
   }
+  const unknown = unknownArgument(argv);
+  if (unknown !== undefined) return fail(`unknown argument "${unknown}"\n\n${USAGE}`, 2);
   const level = (flagValue(argv, '--log-level') ?? process.env.PROXYMITY_LOG_LEVEL ?? 'log') as LogLevel;
   if (!LEVELS.includes(level)) return fail(`--log-level: unknown "${level}"; expected one of ${LEVELS.join(', ')}`, 2);
   const logLevels = LEVELS.slice(0, LEVELS.indexOf(level) + 1);
@@ -38,8 +58,8 @@ async function main(argv: string[]): Promise<void> {
   try {
     proxy = await startProxymity(config, { logger: logLevels });
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
+    const e = err as NodeJS.ErrnoException & { syscall?: string };
+    if (e.syscall === 'listen' || e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND') {
       return fail(`cannot listen on ${config.proxy.host}:${config.proxy.port}: ${e.code} (${e.message})`, 1);
     }
     throw err;

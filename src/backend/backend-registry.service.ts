@@ -55,8 +55,10 @@ export class BackendRegistry implements OnApplicationShutdown {
     const first = !backend.checked;
     backend.checked = true;
     if (first && ok && !backend.healthy) {
-      // initialState "unknown": the first passing probe admits the backend.
+      // initialState "unknown": the first passing probe admits the backend, at full weight
+      // (slow start is for recoveries, not for start-up).
       this.transition(backend, true, 'probe', `first probe passed: ${detail}`);
+      backend.healthySince = 0;
       return;
     }
     if (ok) {

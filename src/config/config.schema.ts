@@ -113,6 +113,7 @@ const healthCheckFields = {
   headers: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()),
   port: z.number().int().min(1).max(65535),
   initialState: z.enum(['healthy', 'unknown']),
+  cooldown: duration({ min: 100, max: 3_600_000 }),
 };
 
 /** `/…/flags` is a regular expression (flags i, m, s, u only); anything else a substring. */
@@ -213,7 +214,7 @@ export const configSchema = z
         headers: healthCheckFields.headers.prefault({}).describe('Extra request headers for probes (e.g. Host). Default none.'),
         port: healthCheckFields.port.optional().describe('Probe this port instead of the backend URL\'s. Default: the URL\'s port.'),
         initialState: healthCheckFields.initialState.prefault('healthy').describe('"healthy": traffic flows at once; "unknown": no traffic until the first passing probe. Default "healthy".'),
-        cooldown: duration({ min: 100, max: 3_600_000 }).prefault('10s').describe('How long a passively ejected backend rests before it is tried again (the default of outlierDetection.baseEjectionTime). Default 10s.'),
+        cooldown: healthCheckFields.cooldown.prefault('10s').describe('How long a passively ejected backend rests before it is tried again (the default of outlierDetection.baseEjectionTime). Default 10s.'),
       })
       .prefault({})
       .describe('Active and passive health checking.'),
@@ -236,7 +237,7 @@ export const configSchema = z
         keepAliveTimeout: duration({ min: 100, max: 600_000 }).prefault('4s').describe('Idle keep-alive connections to a backend are closed after this. Keep it below the backend\'s own idle timeout (Node\'s is 5s). Default 4s.'),
         maxSockets: positiveInt(65_536).prefault(512).describe('Most connections open to one backend; further requests queue. Default 512.'),
         maxFreeSockets: positiveInt(65_536).prefault(64).describe('Most idle keep-alive connections kept per backend. Default 64.'),
-        retries: z.number().int().min(0).max(10).prefault(2).describe('How many other backends a failed request may be retried on (only requests without a body, and only when it is safe). Default 2.'),
+        retries: z.number().int().min(0).max(10).prefault(2).describe('How many other backends a failed request may be retried on, when that is safe (no body byte sent yet; see README). Default 2.'),
       })
       .prefault({})
       .describe('How the proxy talks to backends.'),

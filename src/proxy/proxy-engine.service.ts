@@ -129,6 +129,9 @@ export class ProxyEngine {
   reject(req: IncomingMessage, res: ServerResponse, code: ProxyErrorCode, requestId: string): void {
     if (code === 'destination_unavailable') {
       this.logger.warn(`${req.method} ${req.url} -> 503 ${code}: no backend available (unhealthy, disabled or at maxConnections) [request ${requestId}]`);
+    } else {
+      // The client's mistake (400/413/414): worth a trace, not an alert.
+      this.logger.debug(`${req.method} ${req.url?.slice(0, 200)} -> ${PROXY_ERRORS[code].status} ${code} [request ${requestId}]`);
     }
     writeError(res, code, requestId);
   }

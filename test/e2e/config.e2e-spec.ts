@@ -60,3 +60,17 @@ describe('config errors at start-up', () => {
     }
   });
 });
+
+describe('command line', () => {
+  it('rejects an unknown argument with the usage text and exit code 2', async () => {
+    const proc = spawnNode(MAIN, ['--confg', 'x.yaml']);
+    assert.equal((await proc.exited).code, 2);
+    assert.match(proc.stderr(), /^unknown argument "--confg"\n\nUsage: proxymity/);
+  });
+
+  it('prints the usage text for --help and exits 0', async () => {
+    const proc = spawnNode(MAIN, ['--help']);
+    assert.equal((await proc.exited).code, 0);
+    assert.match(proc.stdout(), /--log-level LEVEL/);
+  });
+});
