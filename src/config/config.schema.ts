@@ -228,6 +228,33 @@ export const configSchema = z
       })
       .prefault({})
       .describe('Passive health (Envoy-style outlier detection) from proxied traffic.'),
+    retry: z
+      .strictObject({
+        attempts: positiveInt(10).optional().describe('Most tries of one request, the first included, each on a different backend. Default: upstream.retries + 1 (3).'),
+        on: z
+          .array(z.enum(['connect-failure', 'reset', 'timeout', '5xx', 'gateway-error']))
+          .prefault(['connect-failure', 'reset'])
+          .describe('What is retried: connect-failure (refused, connect timeout, DNS: any method), and for `methods` only: reset (before any answer), timeout (no answer in time), 5xx, gateway-error (502/503/504). Default [connect-failure, reset].'),
+        methods: z
+          .array(z.string().regex(/^[A-Za-z]+$/).transform((m) => m.toUpperCase()))
+          .prefault(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
+          .describe('Methods that may be retried after the request reached a backend. Default: the idempotent ones.'),
+        backoff: z
+          .strictObject({
+            base: duration({ max: 60_000 }).prefault(0).describe('First retry waits a random time up to base; each further one doubles it, up to max. Default 0 (retry at once: it goes to another backend).'),
+            max: duration({ max: 60_000 }).prefault('250ms').describe('Longest wait between tries. Default 250ms.'),
+          })
+          .prefault({}),
+        budget: z
+          .strictObject({
+            percent: z.number().min(0).max(100).prefault(20).describe('Requests being retried may be at most this share of the requests in flight. Default 20.'),
+            minRetries: z.number().int().min(0).max(100_000).prefault(3).describe('Retries always allowed in flight, whatever the share. Default 3.'),
+          })
+          .prefault({})
+          .describe('Retry budget (Envoy): a failing pool cannot set off a retry storm.'),
+      })
+      .prefault({})
+      .describe('Retry policy.'),
     upstream: z
       .strictObject({
         connectTimeout: duration({ min: 10, max: 600_000 }).prefault('5s').describe('Time allowed to open a TCP connection to a backend; then 504. Default 5s.'),

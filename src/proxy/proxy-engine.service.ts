@@ -64,6 +64,8 @@ class Exchange {
   tried: Backend[] | undefined = undefined;
   attempts = 0;
   staleRetried = false;
+  /** Counted in the engine's retry budget while true. */
+  retrying = false;
   /** A request body byte has been handed to an upstream request: the request can no longer be replayed. */
   bodyStarted = false;
   /** Request body bytes seen, counted only for chunked uploads when proxy.maxBodySize is set. */
@@ -91,7 +93,13 @@ export class ProxyEngine {
   inFlight = 0;
   /** Set while shutting down: responses carry `Connection: close`. */
   draining = false;
-  private readonly retries: number;
+  /** Most tries per request (retry.attempts). */
+  private readonly maxAttempts: number;
+  private readonly retry: ProxymityConfig['retry'];
+  private readonly retryMethods: ReadonlySet<string>;
+  private readonly retryStatus: (status: number) => boolean;
+  /** Exchanges currently on a retry (the retry budget's numerator). */
+  retriesInFlight = 0;
   private readonly sticky: boolean;
   private readonly consider5xx: boolean;
   /** proxy.maxBodySize (0 = no limit); chunked uploads are counted against it as they stream. */
@@ -105,7 +113,12 @@ export class ProxyEngine {
     private readonly lb: LoadBalancerService,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
-    this.retries = cfg.upstream.retries;
+    this.retry = cfg.retry;
+    this.maxAttempts = cfg.retry.attempts ?? cfg.upstream.retries + 1;
+    this.retryMethods = new Set(cfg.retry.methods);
+    const on5xx = cfg.retry.on.includes('5xx');
+    const onGateway = cfg.retry.on.includes('gateway-error');
+    this.retryStatus = (status) => (on5xx && status >= 500) || (onGateway && (status === 502 || status === 503 || status === 504));
     this.sticky = cfg.loadBalancer.sticky !== undefined;
     this.consider5xx = cfg.outlierDetection.consider5xx;
     this.maxBodySize = cfg.proxy.maxBodySize;
@@ -182,7 +195,7 @@ export class ProxyEngine {
       const next = this.retryTarget(ex, backend, code, stale);
       if (next !== undefined) {
         this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after ${code} from "${backend.id}" [request ${ex.requestId}]`);
-        this.attempt(ex, next);
+        this.retryOn(ex, next);
         return;
       }
       const status = PROXY_ERRORS[code].status;
@@ -196,20 +209,47 @@ export class ProxyEngine {
     ex.res.destroy();
   }
 
-  private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode, stale: boolean): Backend | undefined {
+  private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode | 'status', stale: boolean): Backend | undefined {
     // A body is streamed, never buffered: once a byte of it went upstream it cannot be replayed.
     if (ex.bodyStarted) return undefined;
-    if (stale && !ex.staleRetried && IDEMPOTENT.has(ex.req.method ?? '')) {
+    const method = ex.req.method ?? '';
+    if (stale && !ex.staleRetried && IDEMPOTENT.has(method)) {
       // One replay on a fresh connection to the same backend: the request never reached its
-      // application. It is not a retry in the policy's sense and does not use up upstream.retries.
+      // application. It is not a retry in the policy's sense and does not count against it.
       ex.staleRetried = true;
       ex.attempts--;
       return failed;
     }
-    if (ex.attempts > this.retries) return undefined;
-    if (!isNotSent(code) && !(code === 'connection_terminated' && IDEMPOTENT.has(ex.req.method ?? ''))) return undefined;
+    if (ex.attempts >= this.maxAttempts) return undefined;
+    const on = this.retry.on;
+    const allowed =
+      code === 'status' ? this.retryMethods.has(method)
+      : isNotSent(code) ? on.includes('connect-failure')
+      : code === 'connection_terminated' ? on.includes('reset') && this.retryMethods.has(method)
+      : code === 'http_response_timeout' ? on.includes('timeout') && this.retryMethods.has(method)
+      : false;
+    if (!allowed) return undefined;
+    if (!ex.retrying) {
+      const budget = Math.max(this.retry.budget.minRetries, Math.floor((this.retry.budget.percent / 100) * this.inFlight));
+      if (this.retriesInFlight >= budget) {
+        this.logger.debug(`not retrying ${method} ${ex.req.url}: retry budget (${budget}) spent [request ${ex.requestId}]`);
+        return undefined;
+      }
+      ex.retrying = true;
+      this.retriesInFlight++;
+    }
     (ex.tried ??= []).push(failed);
     return this.lb.pickExcluding(ex.req, ex.tried);
+  }
+
+  /** Starts the next try, after the backoff when one is configured. */
+  private retryOn(ex: Exchange, next: Backend): void {
+    const { base, max } = this.retry.backoff;
+    if (base === 0) return this.attempt(ex, next);
+    const delay = Math.floor(Math.random() * Math.min(max, base * 2 ** (ex.attempts - 1)));
+    setTimeout(() => {
+      if (!ex.closed) this.attempt(ex, next);
+    }, delay);
   }
 
   /** @internal */
@@ -228,6 +268,18 @@ export class ProxyEngine {
       const status = pres.statusCode ?? 0;
       if (this.consider5xx && status >= 500) this.registry.reportPassiveFailure(backend, `HTTP ${status}`);
       else if (backend.passiveFailures !== 0) this.registry.reportSuccess(backend);
+      if (this.retryStatus(status)) {
+        const next = this.retryTarget(ex, backend, 'status', false);
+        if (next !== undefined) {
+          // Nothing has been written to the client yet: drop this answer and try elsewhere.
+          this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after HTTP ${status} from "${backend.id}" [request ${ex.requestId}]`);
+          ex.upstream = undefined;
+          this.release(ex);
+          pres.resume();
+          this.retryOn(ex, next);
+          return;
+        }
+      }
     }
     try {
       const headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
@@ -269,6 +321,10 @@ export class ProxyEngine {
   /** @internal the client connection closed: normal end, or the client gave up. */
   onClientClose(ex: Exchange): void {
     ex.closed = true;
+    if (ex.retrying) {
+      ex.retrying = false;
+      this.retriesInFlight--;
+    }
     if (ex.totalTimer !== undefined) clearTimeout(ex.totalTimer);
     if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
     this.inFlight--;

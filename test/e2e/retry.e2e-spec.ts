@@ -1,0 +1,86 @@
+/**
+ * The retry policy (`retry:`) through the real proxy and real backends.
+ */
+import assert from 'node:assert/strict';
+import { afterEach, describe, it } from 'node:test';
+import type { RunningProxymity } from '../../src/proxymity.js';
+import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
+import { request } from '../helpers/http-client.js';
+import { startProxy } from '../helpers/proxy.js';
+
+let open: { sut: RunningProxymity; backends: DummyBackend[] }[] = [];
+afterEach(async () => {
+  for (const o of open) {
+    await o.sut.close();
+    await closeAll(o.backends);
+  }
+  open = [];
+});
+
+async function setup(extra: string) {
+  const backends = await startBackends(2);
+  const sut = await startProxy(backends, `healthCheck: {interval: 1h}\noutlierDetection: {consecutiveFailures: 100}\n${extra}`);
+  open.push({ sut, backends });
+  return { sut, backends };
+}
+
+describe('retry policy', () => {
+  it('retries a GET answered 503 on the other backend when 5xx is in retry.on', async () => {
+    const { sut, backends } = await setup('retry: {on: [connect-failure, reset, 5xx]}');
+    backends[0].forcedStatus = 503;
+    for (let i = 0; i < 4; i++) {
+      const res = await request(`${sut.url}/r${i}`);
+      assert.equal(res.status, 200);
+      assert.equal(res.json().backend, 'b2');
+    }
+  });
+
+  it('relays a 503 as it is when 5xx is not in retry.on (the default)', async () => {
+    const { sut, backends } = await setup('');
+    backends[0].forcedStatus = 503;
+    const statuses = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/r${i}`)).status);
+    assert.deepEqual(statuses.sort(), [200, 200, 503, 503]);
+  });
+
+  it('never retries a method outside retry.methods after the request reached a backend', async () => {
+    const { sut, backends } = await setup('retry: {on: [5xx]}');
+    backends.forEach((b) => (b.forcedStatus = 503));
+    backends[1].forcedStatus = undefined;
+    const statuses = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/p${i}`, { method: 'POST' })).status);
+    assert.deepEqual(statuses.sort(), [200, 200, 503, 503]);
+  });
+
+  it('retries a GET that timed out when timeout is in retry.on', async () => {
+    const { sut, backends } = await setup('retry: {on: [timeout]}\nupstream: {timeout: 200ms}');
+    backends[0].failAlways('hang');
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${sut.url}/t${i}`);
+      assert.equal(res.status, 200);
+      assert.equal(res.json().backend, 'b2');
+    }
+  });
+
+  it('stops at retry.attempts', async () => {
+    const { sut, backends } = await setup('retry: {attempts: 1, on: [5xx]}');
+    backends[0].forcedStatus = 503;
+    const statuses = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/a${i}`)).status);
+    assert.ok(statuses.includes(503), 'one attempt only: the 503 is relayed');
+  });
+
+  it('does not retry once the retry budget is spent', async () => {
+    const { sut, backends } = await setup('retry: {on: [5xx], budget: {percent: 0, minRetries: 0}}');
+    backends[0].forcedStatus = 503;
+    const statuses = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/b${i}`)).status);
+    assert.ok(statuses.includes(503));
+  });
+
+  it('waits a backoff between tries and still succeeds', async () => {
+    const { sut, backends } = await setup('retry: {on: [5xx], backoff: {base: 50ms, max: 100ms}}');
+    backends[0].forcedStatus = 502;
+    for (let i = 0; i < 2; i++) assert.equal((await request(`${sut.url}/k${i}`)).status, 200);
+  });
+});
