@@ -7,7 +7,7 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
-import { Backend, type HealthSource } from './backend.js';
+import { Backend, PROBE_HISTORY, type HealthSource } from './backend.js';
 
 @Injectable()
 export class BackendRegistry implements OnApplicationShutdown {
@@ -50,7 +50,10 @@ export class BackendRegistry implements OnApplicationShutdown {
 
   /** Outcome of one active probe; thresholds decide whether health changes. */
   reportProbe(backend: Backend, ok: boolean, detail: string, latencyMs: number): void {
-    backend.lastProbe = { at: Date.now(), ok, detail, latencyMs };
+    const result = { at: Date.now(), ok, detail, latencyMs };
+    backend.lastProbe = result;
+    backend.recentProbes.push(result);
+    if (backend.recentProbes.length > PROBE_HISTORY) backend.recentProbes.shift();
     const hc = backend.check;
     const first = !backend.checked;
     backend.checked = true;

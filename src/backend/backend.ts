@@ -39,6 +39,16 @@ export interface ProbeSpec {
   readonly cooldown: number;
 }
 
+export interface ProbeResult {
+  readonly at: number;
+  readonly ok: boolean;
+  readonly detail: string;
+  readonly latencyMs: number;
+}
+
+/** How many probe results each backend keeps for /health. */
+export const PROBE_HISTORY = 5;
+
 export type HealthSource = 'probe' | 'passive' | 'outlier';
 
 /** One line of a backend's recent health history (kept for /health details and logs). */
@@ -91,7 +101,9 @@ export class Backend {
   /** When the backend last became healthy again (epoch ms); 0 = healthy since start, no ramp. */
   healthySince = 0;
   lastChange: HealthEvent | undefined = undefined;
-  lastProbe: { at: number; ok: boolean; detail: string; latencyMs: number } | undefined = undefined;
+  lastProbe: ProbeResult | undefined = undefined;
+  /** The last few probe results, newest last (at most PROBE_HISTORY). */
+  readonly recentProbes: ProbeResult[] = [];
 
   constructor(cfg: BackendSpec, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions, check: ProbeSpec) {
     this.slot = slot;

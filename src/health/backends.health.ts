@@ -5,7 +5,12 @@
 import { Injectable } from '@nestjs/common';
 import { HealthIndicatorService, type HealthIndicatorResult } from '@nestjs/terminus';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
+import type { ProbeResult } from '../backend/backend.js';
 import { ProxyEngine } from '../proxy/proxy-engine.service.js';
+
+function probeJson(p: ProbeResult) {
+  return { at: new Date(p.at).toISOString(), ok: p.ok, detail: p.detail, latencyMs: p.latencyMs };
+}
 
 @Injectable()
 export class BackendsHealthIndicator {
@@ -23,7 +28,8 @@ export class BackendsHealthIndicator {
       state: !b.enabled ? 'disabled' : b.healthy ? 'up' : b.checked || b.lastChange !== undefined ? 'down' : 'unknown',
       inFlight: b.inFlight,
       ...(b.lastChange ? { since: new Date(b.lastChange.at).toISOString(), reason: `${b.lastChange.source}: ${b.lastChange.reason}` } : {}),
-      ...(b.lastProbe ? { lastProbe: { at: new Date(b.lastProbe.at).toISOString(), ok: b.lastProbe.ok, detail: b.lastProbe.detail, latencyMs: b.lastProbe.latencyMs } } : {}),
+      ...(b.lastProbe ? { lastProbe: probeJson(b.lastProbe), recentProbes: b.recentProbes.map(probeJson) } : {}),
+      ...(b.ejected ? { ejectedUntil: new Date(b.ejectedUntil).toISOString(), ejections: b.ejections } : {}),
     }));
     const healthy = this.registry.healthy.length + this.registry.healthyBackups.length;
     const data = { healthy, total: this.registry.enabled.length, draining: this.engine.draining, backends };

@@ -165,3 +165,34 @@ describe('trusted proxies', () => {
     assert.equal(h.forwarded, 'for=127.0.0.1;proto=http;host=shop.example');
   });
 });
+
+describe('invalid upstream framing and oversized headers', () => {
+  it('answers 502 when a backend answers with both Content-Length and Transfer-Encoding', async () => {
+    const evil = net.createServer((s) => {
+      s.on('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'));
+    });
+    await new Promise<void>((r) => evil.listen(0, '127.0.0.1', r));
+    const sut = await startProxy([`http://127.0.0.1:${(evil.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+    try {
+      const res = await request(`${sut.url}/framing`, { method: 'POST', body: 'x' });
+      assert.equal(res.status, 502);
+      assert.equal(res.headers['proxy-status'], 'proxymity; error=http_protocol_error');
+    } finally {
+      await sut.close();
+      evil.close();
+    }
+  });
+
+  it('answers 431 for request headers over 16 KiB', async () => {
+    const backends = await startBackends(1);
+    const sut = await startProxy(backends, 'healthCheck: {interval: 1h}');
+    try {
+      const answer = await raw(sut.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+      assert.match(answer, /^HTTP\/1\.1 431 /);
+      assert.deepEqual(backends[0].seen, []);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
+  });
+});
