@@ -8,6 +8,7 @@ import type { Server } from 'node:http';
 import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module.js';
+import { ProxyHttpAdapter } from './proxy/index.js';
 import type { ProxymityConfig } from './config/index.js';
 
 export interface RunningProxymity {
@@ -25,7 +26,8 @@ export interface StartOptions {
 }
 
 export async function startProxymity(config: ProxymityConfig, opts: StartOptions = {}): Promise<RunningProxymity> {
-  const app = await NestFactory.create(AppModule.forRoot(config), {
+  const adapter = new ProxyHttpAdapter({ maxHeaderSize: config.proxy.maxHeaderSize });
+  const app = await NestFactory.create(AppModule.forRoot(config), adapter, {
     // A body parser would consume or rewrite the stream the proxy must forward (nestjs/nest#9348).
     bodyParser: false,
     abortOnError: false,

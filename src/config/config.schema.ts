@@ -157,6 +157,7 @@ export const configSchema = z
         headersTimeout: duration({ min: 1000, max: 600_000 }).prefault('60s').describe('A client must send its complete request headers within this time. Default 60s.'),
         trustedProxies: z.array(cidr).prefault([]).describe('Peers (addresses or CIDR blocks) whose X-Forwarded-*/Forwarded headers are kept and whose X-Forwarded-For gives the client address. Default: none.'),
         forwarded: z.boolean().prefault(false).describe('Also send the RFC 7239 Forwarded header. Default false.'),
+        maxHeaderSize: byteSize.prefault('16KiB').refine((n) => n >= 1024 && n <= 1024 * 1024, { message: 'must be between 1KiB and 1MiB' }).describe('Largest request header section accepted (request line included); larger gets 431. Default 16KiB (Node\'s).'),
         maxUrlLength: z.number().int().min(256).max(1_048_576).prefault(8192).describe('Longest request target accepted; longer gets 414. Default 8192.'),
         maxBodySize: byteSize.prefault(0).describe('Largest request body accepted, e.g. "10MiB"; larger gets 413. 0 = no limit. Default 0.'),
       })

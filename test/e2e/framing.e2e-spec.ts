@@ -183,6 +183,19 @@ describe('invalid upstream framing and oversized headers', () => {
     }
   });
 
+  it('answers 431 above proxy.maxHeaderSize and serves headers below it', async () => {
+    const backends = await startBackends(1);
+    const sut = await startProxy(backends, 'healthCheck: {interval: 1h}', '  maxHeaderSize: 4KiB');
+    try {
+      assert.match(await raw(sut.port, `GET /big HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(6000)}\r\n\r\n`), /^HTTP\/1\.1 431 /);
+      assert.match(await raw(sut.port, `GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ${'a'.repeat(3000)}\r\n\r\n`), /^HTTP\/1\.1 200 /);
+      assert.deepEqual(backends[0].seen, ['GET /ok']);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
+  });
+
   it('answers 431 for request headers over 16 KiB', async () => {
     const backends = await startBackends(1);
     const sut = await startProxy(backends, 'healthCheck: {interval: 1h}');
