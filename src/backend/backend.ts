@@ -79,6 +79,8 @@ export class Backend {
   /** Slow-start window in ms (0 = off). */
   readonly slowStartMs: number;
   readonly agent: Agent;
+  /** The agent's pool key for this backend (plain HTTP only), to see whether a pooled socket is free. */
+  readonly poolKey: string | undefined;
   /** Set once by ProxyEngine on first use; opaque to everyone else. */
   forwarder: unknown = undefined;
 
@@ -121,6 +123,7 @@ export class Backend {
     this.basePath = this.url.pathname === '/' ? '' : this.url.pathname.replace(/\/$/, '');
     this.enabled = cfg.enabled;
     this.agent = createUpstreamAgent(this.protocol, agentOptions);
+    this.poolKey = this.protocol === 'http:' ? this.agent.getName({ host: this.hostname, port: this.port }) : undefined;
   }
 
   /**
@@ -133,6 +136,14 @@ export class Backend {
     const elapsed = now - since;
     if (elapsed >= this.slowStartMs) return this.weight;
     return this.weight * Math.max(0.1, elapsed / this.slowStartMs);
+  }
+
+  /** True when a connected keep-alive socket is waiting in the pool (the next request takes it). */
+  hasFreeSocket(): boolean {
+    const key = this.poolKey;
+    if (key === undefined) return false;
+    const free = (this.agent.freeSockets as Record<string, unknown[] | undefined>)[key];
+    return free !== undefined && free.length > 0;
   }
 
   /** Frees the agent's sockets; the backend is unusable afterwards. */

@@ -373,7 +373,11 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
     agent: backend.agent,
   };
   let up: ClientRequest;
+  let pooled = false;
   try {
+    // Checked before the request takes a socket: a pooled one is already connected, so the body
+    // can flow at once; on a new connection it waits for the connect (see below).
+    pooled = backend.hasFreeSocket();
     up = backend.protocol === 'https:' ? https.request(requestOptions) : http.request(requestOptions);
   } catch (err) {
     // Node validates the method, path and headers here; a request it cannot send is the client's fault.
@@ -392,9 +396,10 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
     ex.headerTimer = setTimeout(onHeaderTimeout, headerMs, ex, up);
   }
   if (ex.bodyless) up.end();
+  else if (pooled) startBody(ex, up);
   else {
-    // The body starts flowing once the connection is up, so a request whose connection is
-    // refused or times out has sent nothing and can still go to another backend.
+    // On a new connection the body starts flowing once it is up, so a request whose connection
+    // is refused or times out has sent nothing and can still go to another backend.
     up.once('socket', onUpstreamSocket);
   }
   return true;
