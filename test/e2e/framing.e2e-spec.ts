@@ -6,11 +6,10 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
-import { after, before, beforeEach, describe, it } from 'node:test';
-import type { RunningProxymity } from '../../src/proxymity.js';
-import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
+import { beforeEach, describe, it } from 'node:test';
+import { closeAll, startBackends } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
-import { startProxy } from '../helpers/proxy.js';
+import { proxyFixture, startProxy } from '../helpers/proxy.js';
 
 /** Sends raw bytes, returns everything the proxy answered until it closed (or 2 s passed). */
 function raw(port: number, bytes: string, opts: { halfClose?: boolean } = {}): Promise<string> {
@@ -31,19 +30,9 @@ function raw(port: number, bytes: string, opts: { halfClose?: boolean } = {}): P
 const statusLines = (text: string) => text.match(/HTTP\/1\.[01] \d{3} [^\r]*/g) ?? [];
 
 describe('framing and smuggling defences', () => {
-  let backends: DummyBackend[];
-  let sut: RunningProxymity;
-
-  before(async () => {
-    backends = await startBackends(1);
-    sut = await startProxy(backends, 'healthCheck: {interval: 1h}', '  maxUrlLength: 1024\n  maxBodySize: 1KiB');
-  });
-  after(async () => {
-    await sut.close();
-    await closeAll(backends);
-  });
+  const fx = proxyFixture(1, 'healthCheck: {interval: 1h}', '  maxUrlLength: 1024\n  maxBodySize: 1KiB');
   beforeEach(() => {
-    backends[0].seen.length = 0;
+    fx.backends[0].seen.length = 0;
   });
 
   const smuggling: [string, string][] = [
@@ -56,36 +45,36 @@ describe('framing and smuggling defences', () => {
   ];
   for (const [what, bytes] of smuggling) {
     it(`rejects a request with ${what} with 400 before any backend sees it`, async () => {
-      const answer = await raw(sut.port, bytes);
+      const answer = await raw(fx.sut.port, bytes);
       assert.deepEqual(statusLines(answer).map((l) => l.slice(0, 12)), ['HTTP/1.1 400']);
-      assert.deepEqual(backends[0].seen, []);
+      assert.deepEqual(fx.backends[0].seen, []);
     });
   }
 
   it('forwards a DELETE with a body with its framing intact (no deleteLength rewrite)', async () => {
-    const answer = await raw(sut.port, 'DELETE /item HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    const answer = await raw(fx.sut.port, 'DELETE /item HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
     assert.deepEqual(statusLines(answer).map((l) => l.slice(0, 12)), ['HTTP/1.1 200', 'HTTP/1.1 200']);
-    assert.deepEqual(backends[0].seen, ['DELETE /item', 'GET /next']);
+    assert.deepEqual(fx.backends[0].seen, ['DELETE /item', 'GET /next']);
     assert.match(answer, /"bodyBytes":5/);
   });
 
   it('answers 414 for a request target over maxUrlLength', async () => {
-    const res = await request(`${sut.url}/${'a'.repeat(1100)}`);
+    const res = await request(`${fx.sut.url}/${'a'.repeat(1100)}`);
     assert.equal(res.status, 414);
     assert.equal(res.headers['proxy-status'], 'proxymity; error=uri_too_long');
-    assert.deepEqual(backends[0].seen, []);
+    assert.deepEqual(fx.backends[0].seen, []);
   });
 
   it('answers 413 for a Content-Length over maxBodySize', async () => {
-    const res = await request(`${sut.url}/big`, { method: 'POST', body: 'x'.repeat(2000) });
+    const res = await request(`${fx.sut.url}/big`, { method: 'POST', body: 'x'.repeat(2000) });
     assert.equal(res.status, 413);
     assert.equal(res.headers.connection, 'close');
-    assert.deepEqual(backends[0].seen, []);
+    assert.deepEqual(fx.backends[0].seen, []);
   });
 
   it('answers 413 when a chunked upload passes maxBodySize', async () => {
     const res = await new Promise<number>((resolve, reject) => {
-      const req = http.request(`${sut.url}/chunked-big`, { method: 'POST', agent: false }, (r) => {
+      const req = http.request(`${fx.sut.url}/chunked-big`, { method: 'POST', agent: false }, (r) => {
         r.resume();
         resolve(r.statusCode ?? 0);
       });
@@ -97,14 +86,14 @@ describe('framing and smuggling defences', () => {
   });
 
   it('serves an HTTP/1.0 client and closes the connection after the answer', async () => {
-    const answer = await raw(sut.port, 'GET /old HTTP/1.0\r\nHost: x\r\n\r\n');
+    const answer = await raw(fx.sut.port, 'GET /old HTTP/1.0\r\nHost: x\r\n\r\n');
     assert.match(answer, /^HTTP\/1\.1 200 /);
     assert.match(answer, /"via":"1\.0 proxymity"/);
   });
 
   it('answers Expect: 100-continue and forwards the body that follows', async () => {
     const answer = await new Promise<string>((resolve, reject) => {
-      const s = net.connect(sut.port, '127.0.0.1', () => s.write('PUT /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n'));
+      const s = net.connect(fx.sut.port, '127.0.0.1', () => s.write('PUT /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n'));
       let out = '';
       s.on('data', (d) => {
         out += d;
@@ -119,7 +108,7 @@ describe('framing and smuggling defences', () => {
 
   it('forwards response trailers', async () => {
     const trailers = await new Promise<NodeJS.Dict<string>>((resolve, reject) => {
-      http.get(`${sut.url}/trailers`, { agent: false, headers: { te: 'trailers' } }, (res) => {
+      http.get(`${fx.sut.url}/trailers`, { agent: false, headers: { te: 'trailers' } }, (res) => {
         let body = '';
         res.on('data', (c) => (body += c));
         res.on('end', () => (body === 'part one, part two' ? resolve(res.trailers) : reject(new Error(body))));
@@ -130,7 +119,7 @@ describe('framing and smuggling defences', () => {
 
   it('forwards request trailers', async () => {
     const echo = await new Promise<any>((resolve, reject) => {
-      const req = http.request(`${sut.url}/upload-with-trailer`, { method: 'POST', agent: false, headers: { trailer: 'x-digest', 'transfer-encoding': 'chunked' } }, (res) => {
+      const req = http.request(`${fx.sut.url}/upload-with-trailer`, { method: 'POST', agent: false, headers: { trailer: 'x-digest', 'transfer-encoding': 'chunked' } }, (res) => {
         let body = '';
         res.on('data', (c) => (body += c));
         res.on('end', () => resolve(JSON.parse(body)));
@@ -146,19 +135,10 @@ describe('framing and smuggling defences', () => {
 });
 
 describe('trusted proxies', () => {
-  let backends: DummyBackend[];
-  let sut: RunningProxymity;
-  before(async () => {
-    backends = await startBackends(1);
-    sut = await startProxy(backends, 'healthCheck: {interval: 1h}', '  trustedProxies: ["127.0.0.0/8"]\n  forwarded: true');
-  });
-  after(async () => {
-    await sut.close();
-    await closeAll(backends);
-  });
+  const fx = proxyFixture(1, 'healthCheck: {interval: 1h}', '  trustedProxies: ["127.0.0.0/8"]\n  forwarded: true');
 
   it('keeps X-Forwarded-* from a trusted peer and appends the peer', async () => {
-    const res = await request(`${sut.url}/t`, { headers: { host: 'shop.example', 'x-forwarded-for': '198.51.100.7', 'x-forwarded-proto': 'https' } });
+    const res = await request(`${fx.sut.url}/t`, { headers: { host: 'shop.example', 'x-forwarded-for': '198.51.100.7', 'x-forwarded-proto': 'https' } });
     const h = res.json().headers;
     assert.equal(h['x-forwarded-for'], '198.51.100.7, 127.0.0.1');
     assert.equal(h['x-forwarded-proto'], 'https');

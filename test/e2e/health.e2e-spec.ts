@@ -3,12 +3,12 @@
  * real @Cron tick. Nothing is faked; waits use pollUntil.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import type { RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, DummyBackend, startBackends } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
 import { pollUntil } from '../helpers/poll-until.js';
-import { startProxy } from '../helpers/proxy.js';
+import { proxyFixture, startProxy } from '../helpers/proxy.js';
 
 const healthState = async (url: string) => {
   const res = await request(`${url}/health`);
@@ -17,92 +17,72 @@ const healthState = async (url: string) => {
 };
 
 describe('active health checks', () => {
-  let backends: DummyBackend[];
-  let sut: RunningProxymity;
-
-  before(async () => {
-    backends = await startBackends(2);
-    sut = await startProxy(backends, 'healthCheck: {interval: 1s, timeout: 300ms, healthyThreshold: 2, unhealthyThreshold: 2}');
-  });
-  after(async () => {
-    await sut.close();
-    await closeAll(backends);
-  });
+  const fx = proxyFixture(2, 'healthCheck: {interval: 1s, timeout: 300ms, healthyThreshold: 2, unhealthyThreshold: 2}');
 
   it('starts with every backend healthy, so traffic flows at once', async () => {
-    const s = await healthState(sut.url);
+    const s = await healthState(fx.sut.url);
     assert.equal(s.status, 200);
     assert.equal(s.states, 'up,up');
     assert.equal(s.body.status, 'ok');
   });
 
   it('takes a backend out after unhealthyThreshold failed probes and sends it no traffic', async () => {
-    backends[0].healthy = false;
-    const s = await pollUntil(() => healthState(sut.url), (x) => x.states === 'down,up', { timeoutMs: 6000, what: 'b1 down' });
+    fx.backends[0].healthy = false;
+    const s = await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'down,up', { timeoutMs: 6000, what: 'b1 down' });
     assert.match(s.body.details.backends.backends[0].reason, /probe: 2 failing probe\(s\), last: HTTP 503/);
-    const before = backends[0].proxied;
-    for (let i = 0; i < 6; i++) assert.equal((await request(`${sut.url}/x`)).status, 200);
-    assert.equal(backends[0].proxied, before);
-    assert.equal((await request(`${sut.url}/health`)).status, 200, 'one healthy backend is enough for /health');
+    const before = fx.backends[0].proxied;
+    for (let i = 0; i < 6; i++) assert.equal((await request(`${fx.sut.url}/x`)).status, 200);
+    assert.equal(fx.backends[0].proxied, before);
+    assert.equal((await request(`${fx.sut.url}/health`)).status, 200, 'one healthy backend is enough for /health');
   });
 
   it('brings it back after healthyThreshold passing probes', async () => {
-    backends[0].healthy = true;
-    await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,up', { timeoutMs: 6000, what: 'b1 up' });
-    const before = backends[0].proxied;
-    for (let i = 0; i < 4; i++) await request(`${sut.url}/x`);
-    assert.equal(backends[0].proxied - before, 2);
+    fx.backends[0].healthy = true;
+    await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'up,up', { timeoutMs: 6000, what: 'b1 up' });
+    const before = fx.backends[0].proxied;
+    for (let i = 0; i < 4; i++) await request(`${fx.sut.url}/x`);
+    assert.equal(fx.backends[0].proxied - before, 2);
   });
 
   it('fails a probe that exceeds healthCheck.timeout', async () => {
-    backends[1].healthDelayMs = 1000;
-    const s = await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,down', { timeoutMs: 6000, what: 'b2 down' });
+    fx.backends[1].healthDelayMs = 1000;
+    const s = await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'up,down', { timeoutMs: 6000, what: 'b2 down' });
     assert.match(s.body.details.backends.backends[1].reason, /last: timeout after 300ms/);
   });
 
   it('fails a probe whose connection is refused', async () => {
-    backends[1].healthDelayMs = 0;
-    await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,up', { timeoutMs: 6000, what: 'b2 up' });
-    await backends[1].close();
-    const s = await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,down', { timeoutMs: 6000, what: 'b2 down' });
+    fx.backends[1].healthDelayMs = 0;
+    await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'up,up', { timeoutMs: 6000, what: 'b2 up' });
+    await fx.backends[1].close();
+    const s = await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'up,down', { timeoutMs: 6000, what: 'b2 down' });
     assert.match(s.body.details.backends.backends[1].reason, /ECONNREFUSED/);
   });
 
   it('reports 503 on /health when no backend is healthy, and recovers by itself', async () => {
-    backends[0].healthy = false;
-    const s = await pollUntil(() => healthState(sut.url), (x) => x.status === 503, { timeoutMs: 6000, what: '/health 503' });
+    fx.backends[0].healthy = false;
+    const s = await pollUntil(() => healthState(fx.sut.url), (x) => x.status === 503, { timeoutMs: 6000, what: '/health 503' });
     assert.equal(s.body.status, 'error');
-    assert.equal((await request(`${sut.url}/any`)).status, 503);
-    backends[0].healthy = true;
-    await pollUntil(() => healthState(sut.url), (x) => x.status === 200, { timeoutMs: 6000, what: '/health 200' });
-    assert.equal((await request(`${sut.url}/any`)).status, 200);
+    assert.equal((await request(`${fx.sut.url}/any`)).status, 503);
+    fx.backends[0].healthy = true;
+    await pollUntil(() => healthState(fx.sut.url), (x) => x.status === 200, { timeoutMs: 6000, what: '/health 200' });
+    assert.equal((await request(`${fx.sut.url}/any`)).status, 200);
   });
 });
 
 describe('passive health with active checks off', () => {
-  let backends: DummyBackend[];
-  let sut: RunningProxymity;
-
-  before(async () => {
-    backends = await startBackends(2);
-    sut = await startProxy(backends, 'healthCheck: {enabled: false, cooldown: 500ms}');
-  });
-  after(async () => {
-    await sut.close();
-    await closeAll(backends);
-  });
+  const fx = proxyFixture(2, 'healthCheck: {enabled: false, cooldown: 500ms}');
 
   it('marks a refusing backend down at once and tries it again after the cool-down', async () => {
-    const port = backends[0].port;
-    await backends[0].close();
+    const port = fx.backends[0].port;
+    await fx.backends[0].close();
     // Both requests succeed: the refused one is retried on b2.
-    assert.equal((await request(`${sut.url}/a`)).status, 200);
-    assert.equal((await request(`${sut.url}/b`)).status, 200);
-    assert.equal((await healthState(sut.url)).states, 'down,up');
+    assert.equal((await request(`${fx.sut.url}/a`)).status, 200);
+    assert.equal((await request(`${fx.sut.url}/b`)).status, 200);
+    assert.equal((await healthState(fx.sut.url)).states, 'down,up');
     const revived = await new DummyBackend({ name: 'b1' }).listen(port);
-    backends[0] = revived;
-    await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,up', { timeoutMs: 4000, what: 'cool-down over' });
-    for (let i = 0; i < 4; i++) await request(`${sut.url}/c`);
+    fx.backends[0] = revived;
+    await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'up,up', { timeoutMs: 4000, what: 'cool-down over' });
+    for (let i = 0; i < 4; i++) await request(`${fx.sut.url}/c`);
     assert.equal(revived.proxied, 2);
   });
 });

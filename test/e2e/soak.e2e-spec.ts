@@ -6,16 +6,14 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { BackendRegistry } from '../../src/backend/index.js';
 import { ProxyEngine } from '../../src/proxy/index.js';
-import type { RunningProxymity } from '../../src/proxymity.js';
-import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
 import { pollUntil } from '../helpers/poll-until.js';
 import { seededRandom } from '../helpers/backends.js';
-import { startProxy } from '../helpers/proxy.js';
+import { proxyFixture } from '../helpers/proxy.js';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
@@ -25,22 +23,12 @@ const CONCURRENCY = 32;
 const DEADLINE_MS = 90_000;
 
 describe('soak with random faults on both sides', () => {
-  let backends: DummyBackend[];
-  let sut: RunningProxymity;
-
-  before(async () => {
-    backends = await startBackends(3);
-    sut = await startProxy(backends, 'healthCheck: {enabled: false}\noutlierDetection: {consecutiveFailures: 5, baseEjectionTime: 200ms}\nupstream: {timeout: 300ms}');
-  });
-  after(async () => {
-    await sut.close();
-    await closeAll(backends);
-  });
+  const fx = proxyFixture(3, 'healthCheck: {enabled: false}\noutlierDetection: {consecutiveFailures: 5, baseEjectionTime: 200ms}\nupstream: {timeout: 300ms}');
 
   it(`serves ${TOTAL} requests, every one with an outcome, and leaks nothing`, async () => {
     const random = seededRandom(2026);
-    const engine = sut.app.get(ProxyEngine);
-    const registry = sut.app.get(BackendRegistry);
+    const engine = fx.sut.app.get(ProxyEngine);
+    const registry = fx.sut.app.get(BackendRegistry);
     const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
     gc();
     const heapBefore = process.memoryUsage().heapUsed;
@@ -52,7 +40,7 @@ describe('soak with random faults on both sides', () => {
     const one = (): Promise<void> =>
       new Promise((resolve) => {
         const r = random();
-        const b = backends[Math.floor(random() * backends.length)];
+        const b = fx.backends[Math.floor(random() * fx.backends.length)];
         // Backend-side faults, queued on a random backend (whichever request meets them).
         if (r < 0.03) b.failNext('reset');
         else if (r < 0.05) b.failNext('drop-mid-body');
@@ -61,7 +49,7 @@ describe('soak with random faults on both sides', () => {
         const path = r < 0.5 ? '/' : r < 0.8 ? '/bytes/20000' : `/delay/${Math.floor(random() * 20)}`;
         const method = random() < 0.2 ? 'POST' : 'GET';
         const abortAfter = random() < 0.05 ? Math.floor(random() * 30) : -1; // client-side aborts
-        const req = http.request(`${sut.url}${path}`, { method, agent }, (res) => {
+        const req = http.request(`${fx.sut.url}${path}`, { method, agent }, (res) => {
           res.on('data', () => undefined);
           res.on('end', () => {
             count(String(res.statusCode));
@@ -89,7 +77,7 @@ describe('soak with random faults on both sides', () => {
       }),
     );
     agent.destroy();
-    backends.forEach((b) => b.behave());
+    fx.backends.forEach((b) => b.behave());
     const total = [...outcomes.values()].reduce((a, b) => a + b, 0);
     assert.equal(total, TOTAL, `every request has an outcome: ${JSON.stringify([...outcomes])}`);
     for (const k of outcomes.keys()) assert.ok(['200', '502', '503', '504', 'cut', 'client-abort', 'error'].includes(k), `unexpected outcome ${k}`);
@@ -97,10 +85,10 @@ describe('soak with random faults on both sides', () => {
 
     await pollUntil(() => engine.inFlight, (n) => n === 0, { timeoutMs: 5000, what: 'no request in flight' });
     await pollUntil(() => registry.all.map((b) => b.inFlight).join(','), (s) => s === '0,0,0', { timeoutMs: 5000, what: 'no backend in-flight count left' });
-    const open = () => new Promise<number>((resolve) => sut.server.getConnections((_e, n) => resolve(n)));
+    const open = () => new Promise<number>((resolve) => fx.sut.server.getConnections((_e, n) => resolve(n)));
     await pollUntil(open, (n) => n === 0, { timeoutMs: 5000, what: 'client connections closed' });
     // Upstream connections left are only idle pooled ones, within the pool's bound.
-    for (const b of backends) assert.ok(b.openConnections <= 64, `${b.name} has ${b.openConnections} connections`);
+    for (const b of fx.backends) assert.ok(b.openConnections <= 64, `${b.name} has ${b.openConnections} connections`);
 
     gc();
     const growthMiB = (process.memoryUsage().heapUsed - heapBefore) / 1024 / 1024;

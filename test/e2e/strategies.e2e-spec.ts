@@ -9,7 +9,6 @@ import type { RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, DummyBackend, startBackends } from '../fixtures/backend-server.js';
 import { request, type TestResponse } from '../helpers/http-client.js';
 import { pollUntil } from '../helpers/poll-until.js';
-import { startProxy } from '../helpers/proxy.js';
 
 let running: { sut?: RunningProxymity; backends: DummyBackend[] }[] = [];
 

@@ -3,11 +3,9 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { after, before, describe, it } from 'node:test';
-import type { RunningProxymity } from '../../src/proxymity.js';
-import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
+import { describe, it } from 'node:test';
 import { request } from '../helpers/http-client.js';
-import { startProxy } from '../helpers/proxy.js';
+import { proxyFixture } from '../helpers/proxy.js';
 
 function download(url: string): Promise<{ status: number; outcome: string; body: string }> {
   return new Promise((resolve) => {
@@ -23,36 +21,27 @@ function download(url: string): Promise<{ status: number; outcome: string; body:
 }
 
 describe('upstream timeouts', () => {
-  let backends: DummyBackend[];
-  let sut: RunningProxymity;
-  before(async () => {
-    backends = await startBackends(1);
-    sut = await startProxy(backends, 'healthCheck: {interval: 1h}\nupstream: {timeout: 400ms, headerTimeout: 250ms, totalTimeout: 1500ms}');
-  });
-  after(async () => {
-    await sut.close();
-    await closeAll(backends);
-  });
+  const fx = proxyFixture(1, 'healthCheck: {interval: 1h}\nupstream: {timeout: 400ms, headerTimeout: 250ms, totalTimeout: 1500ms}');
 
   it('answers 504 when the headers do not arrive within headerTimeout', async () => {
     const t0 = Date.now();
-    const res = await request(`${sut.url}/delay/350`);
+    const res = await request(`${fx.sut.url}/delay/350`);
     assert.equal(res.status, 504);
     assert.equal(res.headers['proxy-status'], 'proxymity; error=http_response_timeout');
     assert.ok(Date.now() - t0 < 340, 'the header timeout fired before the idle timeout could');
   });
 
   it('passes an answer that arrives within headerTimeout', async () => {
-    assert.equal((await request(`${sut.url}/delay/100`)).status, 200);
+    assert.equal((await request(`${fx.sut.url}/delay/100`)).status, 200);
   });
 
   it('keeps a response flowing past headerTimeout as long as data keeps coming', async () => {
-    const res = await download(`${sut.url}/drip/4/150`);
+    const res = await download(`${fx.sut.url}/drip/4/150`);
     assert.deepEqual([res.status, res.outcome, res.body.length], [200, 'complete', 20]);
   });
 
   it('cuts a response whose backend goes silent mid-body for the idle timeout', async () => {
-    const res = await download(`${sut.url}/drip/3/600`);
+    const res = await download(`${fx.sut.url}/drip/3/600`);
     // The proxy's response headers may still sit in its write buffer (Node sends them with the
     // first body chunk), so the client sees either a cut body or a closed connection: never a
     // complete response, never a second status line.
@@ -62,7 +51,7 @@ describe('upstream timeouts', () => {
 
   it('cuts an exchange that runs past totalTimeout even while data keeps coming', async () => {
     const t0 = Date.now();
-    const res = await download(`${sut.url}/drip/20/150`);
+    const res = await download(`${fx.sut.url}/drip/20/150`);
     assert.equal(res.outcome, 'cut');
     assert.ok(Date.now() - t0 < 2500, 'cut at the total timeout, not at the end of the body');
   });
