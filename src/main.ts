@@ -5,18 +5,22 @@
  *   proxymity [--config FILE] [--log-level LEVEL]
  */
 import { Logger, type LogLevel } from '@nestjs/common';
+import { AdminListenError } from './admin/index.js';
 import { ConfigError, loadConfigFile, resolveConfigPath } from './config/index.js';
+import { AppLogger, LOG_LEVELS as LEVELS, type LogFormat } from './logging/index.js';
 import { startProxymity } from './proxymity.js';
 
-const LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'];
-const USAGE = `Usage: proxymity [--config FILE] [--log-level LEVEL]
+const FORMATS: readonly string[] = ['auto', 'json', 'pretty'];
+const USAGE = `Usage: proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]
 
-  --config, -c FILE   config file (default: $PROXYMITY_CONFIG, else ./config.yaml)
-  --log-level LEVEL   one of ${LEVELS.join(', ')} (default: log, or $PROXYMITY_LOG_LEVEL)
-  --help, -h          this text
+  --config, -c FILE    config file (default: $PROXYMITY_CONFIG, else ./config.yaml)
+  --log-level LEVEL    one of ${LEVELS.join(', ')} (default: log, or $PROXYMITY_LOG_LEVEL)
+  --log-format FORMAT  application logs: auto (pretty on a terminal, else JSON), json or pretty
+                       (default: auto, or $PROXYMITY_LOG_FORMAT)
+  --help, -h           this text
 `;
 
-const FLAGS_WITH_VALUE = new Set(['--config', '-c', '--log-level']);
+const FLAGS_WITH_VALUE = new Set(['--config', '-c', '--log-level', '--log-format']);
 const FLAGS = new Set(['--help', '-h']);
 
 /** The first argument that is not a known flag (or a known flag's value), if any. */
@@ -43,7 +47,10 @@ async function main(argv: string[]): Promise<void> {
   if (unknown !== undefined) return fail(`unknown argument "${unknown}"\n\n${USAGE}`, 2);
   const level = (flagValue(argv, '--log-level') ?? process.env.PROXYMITY_LOG_LEVEL ?? 'log') as LogLevel;
   if (!LEVELS.includes(level)) return fail(`--log-level: unknown "${level}"; expected one of ${LEVELS.join(', ')}`, 2);
-  const logLevels = LEVELS.slice(0, LEVELS.indexOf(level) + 1);
+  const format = flagValue(argv, '--log-format') ?? process.env.PROXYMITY_LOG_FORMAT ?? 'auto';
+  if (!FORMATS.includes(format)) return fail(`--log-format: unknown "${format}"; expected one of ${FORMATS.join(', ')}`, 2);
+  const appLogger = new AppLogger(level, format === 'auto' ? undefined : (format as LogFormat));
+  Logger.overrideLogger(appLogger);
 
   let config;
   try {
@@ -56,16 +63,18 @@ async function main(argv: string[]): Promise<void> {
   const logger = new Logger('Proxymity');
   let proxy;
   try {
-    proxy = await startProxymity(config, { logger: logLevels });
+    proxy = await startProxymity(config, { logger: appLogger });
   } catch (err) {
-    const e = err as NodeJS.ErrnoException & { syscall?: string };
+    const e = err as NodeJS.ErrnoException & { syscall?: string; path?: string };
+    if (e instanceof AdminListenError) return fail(e.message, 1);
+    if (e.syscall === 'open' && e.path === config.accessLog.output) return fail(`accessLog.output: cannot open ${e.path}: ${e.code} (${e.message})`, 1);
     if (e.syscall === 'listen' || e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND') {
       return fail(`cannot listen on ${config.proxy.host}:${config.proxy.port}: ${e.code} (${e.message})`, 1);
     }
     throw err;
   }
   const enabled = config.backend.filter((b) => b.enabled).length;
-  logger.log(`listening on ${proxy.url}, ${enabled} backend(s), strategy ${config.loadBalancer.strategy}`);
+  logger.log(`listening on ${proxy.url}, ${enabled} backend(s), strategy ${config.loadBalancer.strategy}${proxy.adminUrl ? `, admin on ${proxy.adminUrl}` : ''}`);
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {

@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { AdminServer } from './admin/index.js';
 import { AppModule } from './app.module.js';
 import { ProxyHttpAdapter } from './proxy/index.js';
 import type { ProxymityConfig } from './config/index.js';
@@ -17,6 +18,8 @@ export interface RunningProxymity {
   /** e.g. "http://127.0.0.1:8080" (IPv6 hosts in brackets). */
   readonly url: string;
   readonly port: number;
+  /** The admin listener's URL (undefined when admin.enabled is false). */
+  readonly adminUrl: string | undefined;
   /** Graceful shutdown, as on SIGTERM. */
   close(signal?: string): Promise<void>;
 }
@@ -48,6 +51,7 @@ export async function startProxymity(config: ProxymityConfig, opts: StartOptions
     app,
     server,
     port: address.port,
+    adminUrl: app.get(AdminServer).url,
     url: `http://${host}:${address.port}`,
     // NestApplicationContext.close(signal) passes the signal to the shutdown hooks; its type omits it.
     close: (signal?: string) => (app.close as (signal?: string) => Promise<void>).call(app, signal),

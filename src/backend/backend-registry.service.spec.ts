@@ -13,13 +13,13 @@ describe(BackendRegistry.name, () => {
   it('ejects after consecutiveFailures in a row, and a success resets the run', () => {
     const sut = build('{consecutiveFailures: 3}');
     const b = sut.all[0];
-    sut.reportPassiveFailure(b, 'reset');
-    sut.reportPassiveFailure(b, 'reset');
+    sut.reportPassiveFailure(b, 'connection_terminated', 'reset');
+    sut.reportPassiveFailure(b, 'connection_terminated', 'reset');
     sut.reportSuccess(b);
-    sut.reportPassiveFailure(b, 'reset');
-    sut.reportPassiveFailure(b, 'reset');
+    sut.reportPassiveFailure(b, 'connection_terminated', 'reset');
+    sut.reportPassiveFailure(b, 'connection_terminated', 'reset');
     assert.equal(b.healthy, true);
-    sut.reportPassiveFailure(b, 'reset');
+    sut.reportPassiveFailure(b, 'connection_terminated', 'reset');
     assert.equal(b.healthy, false);
     assert.equal(sut.healthy.length, 3);
     sut.onApplicationShutdown();
@@ -31,7 +31,7 @@ describe(BackendRegistry.name, () => {
     const lengths: number[] = [];
     for (let i = 0; i < 3; i++) {
       const before = Date.now();
-      sut.reportPassiveFailure(b, 'refused');
+      sut.reportPassiveFailure(b, 'connection_refused', 'refused');
       lengths.push(Math.round((b.ejectedUntil - before) / 100) * 100);
       sut.releaseExpiredEjection(b, b.ejectedUntil - 1);
       assert.equal(b.healthy, false, 'not before its time');
@@ -45,11 +45,11 @@ describe(BackendRegistry.name, () => {
 
   it('never ejects more than maxEjectionPercent of the backends, but always at least one', () => {
     const sut = build('{maxEjectionPercent: 50}');
-    for (const b of sut.all) sut.reportPassiveFailure(b, 'refused');
+    for (const b of sut.all) sut.reportPassiveFailure(b, 'connection_refused', 'refused');
     assert.equal(sut.healthy.length, 2);
     sut.onApplicationShutdown();
     const none = build('{maxEjectionPercent: 0}');
-    for (const b of none.all) none.reportPassiveFailure(b, 'refused');
+    for (const b of none.all) none.reportPassiveFailure(b, 'connection_refused', 'refused');
     assert.equal(none.healthy.length, 3, 'one may always be ejected');
     none.onApplicationShutdown();
   });

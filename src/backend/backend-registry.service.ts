@@ -51,6 +51,8 @@ export class BackendRegistry implements OnApplicationShutdown {
   /** Outcome of one active probe; thresholds decide whether health changes. */
   reportProbe(backend: Backend, ok: boolean, detail: string, latencyMs: number): void {
     const result = { at: Date.now(), ok, detail, latencyMs };
+    if (ok) backend.probesPassed++;
+    else backend.probesFailed++;
     backend.lastProbe = result;
     backend.recentProbes.push(result);
     if (backend.recentProbes.length > PROBE_HISTORY) backend.recentProbes.shift();
@@ -87,7 +89,7 @@ export class BackendRegistry implements OnApplicationShutdown {
    * maxEjectionPercent of the enabled backends. It comes back when the time is over or when
    * active probes pass, whichever is first.
    */
-  reportPassiveFailure(backend: Backend, reason: string): void {
+  reportPassiveFailure(backend: Backend, kind: string, reason: string): void {
     backend.consecutiveSuccesses = 0;
     if (!backend.healthy) return;
     const od = this.outlier;
@@ -105,6 +107,7 @@ export class BackendRegistry implements OnApplicationShutdown {
     // The ejection count is forgotten once the backend has stayed up for maxEjectionTime.
     if (backend.healthySince > 0 && now - backend.healthySince >= od.maxEjectionTime) backend.ejections = 0;
     backend.ejections++;
+    backend.ejectionsByReason.set(kind, (backend.ejectionsByReason.get(kind) ?? 0) + 1);
     const ms = Math.min((od.baseEjectionTime ?? backend.check.cooldown) * backend.ejections, od.maxEjectionTime);
     backend.ejected = true;
     backend.ejectedUntil = now + ms;

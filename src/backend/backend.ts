@@ -106,6 +106,11 @@ export class Backend {
   lastProbe: ProbeResult | undefined = undefined;
   /** The last few probe results, newest last (at most PROBE_HISTORY). */
   readonly recentProbes: ProbeResult[] = [];
+  /** Active probes so far, by outcome (for metrics; monotonic). */
+  probesPassed = 0;
+  probesFailed = 0;
+  /** Ejections so far by the failure kind that caused them (for metrics; monotonic). */
+  readonly ejectionsByReason = new Map<string, number>();
 
   constructor(cfg: BackendSpec, slot: number, defaultSlowStartMs: number, agentOptions: UpstreamAgentOptions, check: ProbeSpec) {
     this.slot = slot;

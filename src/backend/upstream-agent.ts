@@ -21,11 +21,19 @@ export interface UpstreamAgentOptions {
   maxFreeSockets: number;
 }
 
+/** A socket the agent opened, stamped with how long its connect took (ms). */
+export type ConnectTimed = Socket & { connectMs?: number };
+
+/** The agent's connect observer, as metrics set it. */
+export type ConnectObserved = http.Agent & { onConnect: ((ms: number) => void) | undefined };
+
 type AgentClass = new (...args: any[]) => http.Agent;
 
 function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
   return class PhasedAgent extends Base {
     readonly phase: UpstreamAgentOptions;
+    /** Called with the connect time (ms) of every new connection (metrics set it; control plane). */
+    onConnect: ((ms: number) => void) | undefined = undefined;
 
     constructor(...args: any[]) {
       const opts = args[0] as UpstreamAgentOptions & https.AgentOptions;
@@ -51,7 +59,13 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
       if (socket) {
         socket.setTimeout(this.phase.connectTimeoutMs);
         const readMs = this.phase.readTimeoutMs;
-        socket.once(options.protocol === 'https:' ? 'secureConnect' : 'connect', () => socket.setTimeout(readMs));
+        const started = performance.now();
+        socket.once(options.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+          socket.setTimeout(readMs);
+          const ms = performance.now() - started;
+          (socket as ConnectTimed).connectMs = ms;
+          this.onConnect?.(ms);
+        });
       }
       return socket;
     }

@@ -269,6 +269,46 @@ export const configSchema = z
       })
       .prefault({})
       .describe('How the proxy talks to backends.'),
+    admin: z
+      .strictObject({
+        enabled: z.boolean().prefault(true).describe('Serve the admin listener (metrics, state, health). Default true.'),
+        host: z.string().min(1).prefault('127.0.0.1').describe('Address of the admin listener. Default "127.0.0.1" (loopback only).'),
+        port: port.prefault(9901).describe('Port of the admin listener; 0 picks a free port. Default 9901.'),
+        token: z.string().min(16).optional().describe('Bearer token required on every admin endpoint except /health. Required when host is not a loopback address. Default: $PROXYMITY_ADMIN_TOKEN, else none.'),
+      })
+      .prefault({})
+      .describe('The admin listener: /metrics, /backends, /config, /health.'),
+    metrics: z
+      .strictObject({
+        enabled: z.boolean().prefault(true).describe('Record and serve Prometheus metrics at GET /metrics on the admin listener. Default true.'),
+        processMetrics: z.boolean().prefault(true).describe('Include prom-client\'s Node process metrics (CPU, memory, heap, GC, event-loop lag). Default true.'),
+      })
+      .prefault({})
+      .describe('Prometheus metrics.'),
+    accessLog: z
+      .strictObject({
+        enabled: z.boolean().prefault(false).describe('Write one line per proxied request. Default false.'),
+        format: z.enum(['json', 'combined']).prefault('json').describe('"json" (one JSON object per line) or "combined" (Apache/nginx combined text format). Default "json".'),
+        output: z.string().min(1).prefault('stdout').describe('"stdout", "stderr" or a file path (appended to; reopened on SIGUSR2 for log rotation). Default "stdout".'),
+        sample: z.number().min(0).max(1).prefault(1).describe('Share of requests logged (0..1). Requests that ended in an error (a termination reason or a 5xx) are always logged. Default 1.'),
+        filter: z
+          .strictObject({
+            status: z
+              .array(z.union([z.number().int().min(100).max(599).transform(String), z.string().regex(/^[1-5]xx$|^[1-5]\d\d$/, { message: 'expected a status class such as "5xx" or a status such as 404' })]))
+              .prefault([]).describe('Log only these statuses or classes, e.g. ["4xx", "5xx", 499]. Default: all.'),
+            minDuration: duration({ max: 3_600_000 }).prefault(0).describe('Also log (with status set) or only log (alone) requests at least this slow. Default 0.'),
+          })
+          .prefault({})
+          .describe('When set, a request is logged if it matches any of the filters (Traefik semantics).'),
+        requestHeaders: z.array(z.string().regex(headerName)).prefault([]).describe('Request headers to include (field request_headers). Default none.'),
+        responseHeaders: z.array(z.string().regex(headerName)).prefault([]).describe('Response headers to include (field response_headers). Default none.'),
+        redact: z
+          .array(z.string().regex(headerName))
+          .prefault(['authorization', 'proxy-authorization', 'cookie', 'set-cookie'])
+          .describe('Header values replaced by "[REDACTED]" when included. Default authorization, proxy-authorization, cookie, set-cookie.'),
+      })
+      .prefault({})
+      .describe('Access logs (pino).'),
   })
   .superRefine((cfg, ctx) => {
     for (const issue of crossFieldIssues(cfg)) ctx.addIssue({ code: 'custom', ...issue });
@@ -298,11 +338,20 @@ export function crossFieldIssues(raw: unknown): { path: (string | number)[]; mes
   if (enabled.length > 0 && enabled.every((b: { backup?: unknown } | null) => b?.backup === true)) {
     issues.push({ path: ['backend'], message: 'every enabled backend is a backup; at least one must be a primary' });
   }
+  const admin = (raw as { admin?: { enabled?: unknown; host?: unknown; token?: unknown } })?.admin;
+  if (admin !== undefined && admin !== null && admin.enabled !== false && typeof admin.host === 'string' && !isLoopbackHost(admin.host) && admin.token === undefined && !process.env.PROXYMITY_ADMIN_TOKEN) {
+    issues.push({ path: ['admin', 'host'], message: `the admin listener on "${admin.host}" is reachable beyond this machine: set admin.token (or $PROXYMITY_ADMIN_TOKEN), or bind it to 127.0.0.1` });
+  }
   const lb = (raw as { loadBalancer?: { strategy?: unknown; hash?: { key?: unknown } } })?.loadBalancer;
   if (lb?.strategy === 'hash' && lb.hash?.key === undefined) {
     issues.push({ path: ['loadBalancer', 'strategy'], message: 'strategy "hash" needs loadBalancer.hash.key (client-ip, path, header:NAME, cookie:NAME or query:NAME)' });
   }
   return issues;
+}
+
+/** 127.0.0.0/8, ::1 and "localhost": the admin listener needs no token there. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 function safeHostPort(url: string): string | undefined {

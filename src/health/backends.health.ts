@@ -5,12 +5,8 @@
 import { Injectable } from '@nestjs/common';
 import { HealthIndicatorService, type HealthIndicatorResult } from '@nestjs/terminus';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
-import type { ProbeResult } from '../backend/backend.js';
+import { describeBackend } from '../backend/backend-state.js';
 import { ProxyEngine } from '../proxy/proxy-engine.service.js';
-
-function probeJson(p: ProbeResult) {
-  return { at: new Date(p.at).toISOString(), ok: p.ok, detail: p.detail, latencyMs: p.latencyMs };
-}
 
 @Injectable()
 export class BackendsHealthIndicator {
@@ -22,15 +18,7 @@ export class BackendsHealthIndicator {
 
   check(key: string): HealthIndicatorResult {
     const session = this.indicator.check(key);
-    const backends = this.registry.all.map((b) => ({
-      name: b.id,
-      url: b.url.href,
-      state: !b.enabled ? 'disabled' : b.healthy ? 'up' : b.checked || b.lastChange !== undefined ? 'down' : 'unknown',
-      inFlight: b.inFlight,
-      ...(b.lastChange ? { since: new Date(b.lastChange.at).toISOString(), reason: `${b.lastChange.source}: ${b.lastChange.reason}` } : {}),
-      ...(b.lastProbe ? { lastProbe: probeJson(b.lastProbe), recentProbes: b.recentProbes.map(probeJson) } : {}),
-      ...(b.ejected ? { ejectedUntil: new Date(b.ejectedUntil).toISOString(), ejections: b.ejections } : {}),
-    }));
+    const backends = this.registry.all.map(describeBackend);
     const healthy = this.registry.healthy.length + this.registry.healthyBackups.length;
     const data = { healthy, total: this.registry.enabled.length, draining: this.engine.draining, backends };
     if (this.engine.draining) return session.down({ ...data, message: 'shutting down' });

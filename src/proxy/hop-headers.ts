@@ -81,11 +81,25 @@ export function prepareRequestHeaders(req: IncomingMessage, proto: string, polic
   h.via = h.via === undefined ? via : `${h.via}, ${via}`;
 
   let id = h[REQUEST_ID];
-  if (typeof id !== 'string' || id.length === 0 || id.length > 200) {
+  if (typeof id !== 'string' || !isValidRequestId(id)) {
     id = randomUUID();
     h[REQUEST_ID] = id;
   }
   return id;
+}
+
+/**
+ * A client's X-Request-Id is kept when it is 1-200 visible ASCII characters other than quote
+ * and backslash (so it can go into logs and headers as is); otherwise a UUID replaces it.
+ */
+export function isValidRequestId(id: string): boolean {
+  const n = id.length;
+  if (n === 0 || n > 200) return false;
+  for (let i = 0; i < n; i++) {
+    const c = id.charCodeAt(i);
+    if (c <= 0x20 || c >= 0x7f || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
 }
 
 /** Walks X-Forwarded-For from the right: the first address that is not a trusted proxy. */

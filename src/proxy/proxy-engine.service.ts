@@ -27,18 +27,23 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import httpProxy from 'http-proxy';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
+import type { ConnectTimed } from '../backend/upstream-agent.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
+import { AccessLogService } from '../logging/access-log.service.js';
+import { MetricsService, type RetryReason } from '../metrics/metrics.service.js';
 import { buildResponseHeaders } from './hop-headers.js';
 import {
   classifyUpstreamError,
+  CLIENT_CLOSED,
   CONNECT_TIMEOUT,
   ERROR_BODIES,
   isNotSent,
   isPassiveFailure,
   PROXY_ERRORS,
   READ_TIMEOUT,
+  RETRY_LIMIT_EXCEEDED,
   BODY_IDLE_TIMEOUT,
   TOTAL_TIMEOUT,
   type ProxyErrorCode,
@@ -75,6 +80,21 @@ class Exchange {
   totalTimer: NodeJS.Timeout | undefined = undefined;
   /** Set when the client connection closed (normally or not); nothing more is written. */
   closed = false;
+  /** Backend of the last attempt (kept after its slot is released, for metrics and logs). */
+  lastBackend: Backend | undefined = undefined;
+  /** The error that ended the exchange, when the proxy answered or cut it, and the access log's name for the ending. */
+  error: ProxyErrorCode | undefined = undefined;
+  termination: string | undefined = undefined;
+  /** performance.now() when the request reached the engine, and when the last attempt was sent. */
+  readonly startedAt = performance.now();
+  attemptStartedAt = 0;
+  /** ms; -1 = not measured (pooled connection, or no answer). */
+  connectMs = -1;
+  headerMs = -1;
+  /** Bytes the client socket had written before this response (bytes_out is the difference). */
+  readonly writtenBefore: number;
+  /** The response header list as written, kept only when the access log wants response headers. */
+  responseHeaders: string[] | undefined = undefined;
 
   constructor(
     readonly engine: ProxyEngine,
@@ -83,7 +103,9 @@ class Exchange {
     readonly requestId: string,
     /** No request body: the request can be replayed on another backend. */
     readonly bodyless: boolean,
-  ) {}
+  ) {
+    this.writtenBefore = req.socket.bytesWritten;
+  }
 }
 
 @Injectable()
@@ -107,12 +129,24 @@ export class ProxyEngine {
   /** upstream.headerTimeout when it is set and shorter than the idle timeout, else 0. */
   readonly headerTimeoutMs: number;
   readonly totalTimeoutMs: number;
+  /** Set when metrics are on: the data plane records into it. */
+  private readonly metrics: MetricsService | undefined;
+  /** Set when access logs are on; otherwise no record is built. */
+  private readonly accessLog: AccessLogService | undefined;
+  /** Request bodies are counted for the access log (bytes_in). */
+  readonly countBodies: boolean;
 
   constructor(
     private readonly registry: BackendRegistry,
     private readonly lb: LoadBalancerService,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
+    metrics: MetricsService,
+    accessLog: AccessLogService,
   ) {
+    this.metrics = metrics.enabled ? metrics : undefined;
+    metrics.readInFlightFrom(() => this.inFlight);
+    this.accessLog = accessLog.enabled ? accessLog : undefined;
+    this.countBodies = accessLog.enabled;
     this.retry = cfg.retry;
     this.maxAttempts = cfg.retry.attempts ?? cfg.upstream.retries + 1;
     this.retryMethods = new Set(cfg.retry.methods);
@@ -147,10 +181,22 @@ export class ProxyEngine {
       this.logger.debug(`${req.method} ${req.url?.slice(0, 200)} -> ${PROXY_ERRORS[code].status} ${code} [request ${requestId}]`);
     }
     writeError(res, code, requestId);
+    const status = PROXY_ERRORS[code].status;
+    if (this.metrics !== undefined) {
+      this.metrics.recordError(code);
+      this.metrics.recordRequest(undefined, req.method, status, 0);
+    }
+    if (this.accessLog !== undefined) {
+      this.accessLog.write({
+        req, requestId, status, durationMs: 0, bytesIn: 0, bytesOut: 0, backend: undefined, attempts: 0,
+        connectMs: -1, headerMs: -1, termination: PROXY_ERRORS[code].termination, error: code, responseHeaders: undefined,
+      });
+    }
   }
 
   private attempt(ex: Exchange, backend: Backend): void {
     ex.backend = backend;
+    ex.lastBackend = backend;
     ex.attempts++;
     backend.inFlight++;
     const forwarder = (backend.forwarder as Forwarder | undefined) ?? this.createForwarder(backend);
@@ -189,7 +235,7 @@ export class ProxyEngine {
     const beforeResponse = !ex.res.headersSent;
     // A keep-alive socket the backend closed just as we reused it: not the backend's fault.
     const stale = beforeResponse && code === 'connection_terminated' && up?.reusedSocket === true;
-    if (isPassiveFailure(code) && !stale) this.registry.reportPassiveFailure(backend, `${code}: ${err.message}`);
+    if (isPassiveFailure(code) && !stale) this.registry.reportPassiveFailure(backend, code, `${code}: ${err.message}`);
 
     if (beforeResponse) {
       const next = this.retryTarget(ex, backend, code, stale);
@@ -199,12 +245,16 @@ export class ProxyEngine {
         return;
       }
       const status = PROXY_ERRORS[code].status;
+      ex.error = code;
+      ex.termination = ex.attempts > 1 ? RETRY_LIMIT_EXCEEDED : PROXY_ERRORS[code].termination;
       this.logger.warn(`${ex.req.method} ${ex.req.url} -> ${status} ${code} from "${backend.id}" after ${ex.attempts} attempt(s): ${err.message} [request ${ex.requestId}]`);
       writeError(ex.res, code, ex.requestId);
       return;
     }
     if (ex.res.writableFinished) return; // answered in full; onClientClose drains the upload
     // Headers already went out: the only honest signal left is to cut the connection.
+    ex.error = code;
+    ex.termination = PROXY_ERRORS[code].termination;
     this.logger.warn(`${ex.req.method} ${ex.req.url}: response from "${backend.id}" cut mid-body (${code}: ${err.message}) [request ${ex.requestId}]`);
     ex.res.destroy();
   }
@@ -218,6 +268,7 @@ export class ProxyEngine {
       // application. It is not a retry in the policy's sense and does not count against it.
       ex.staleRetried = true;
       ex.attempts--;
+      this.metrics?.recordRetry('stale_connection');
       return failed;
     }
     if (ex.attempts >= this.maxAttempts) return undefined;
@@ -239,7 +290,9 @@ export class ProxyEngine {
       this.retriesInFlight++;
     }
     (ex.tried ??= []).push(failed);
-    return this.lb.pickExcluding(ex.req, ex.tried);
+    const next = this.lb.pickExcluding(ex.req, ex.tried);
+    if (next !== undefined) this.metrics?.recordRetry(retryReason(code));
+    return next;
   }
 
   /** Starts the next try, after the backoff when one is configured. */
@@ -264,9 +317,13 @@ export class ProxyEngine {
     }
     const res = ex.res;
     const backend = ex.backend;
+    const now = performance.now();
+    ex.headerMs = now - ex.attemptStartedAt;
+    ex.connectMs = up.reusedSocket ? -1 : ((up.socket as ConnectTimed | null)?.connectMs ?? -1);
     if (backend !== undefined) {
+      this.metrics?.recordResponseHeaders(backend, ex.headerMs / 1000);
       const status = pres.statusCode ?? 0;
-      if (this.consider5xx && status >= 500) this.registry.reportPassiveFailure(backend, `HTTP ${status}`);
+      if (this.consider5xx && status >= 500) this.registry.reportPassiveFailure(backend, "http_5xx", `HTTP ${status}`);
       else if (backend.passiveFailures !== 0) this.registry.reportSuccess(backend);
       if (this.retryStatus(status)) {
         const next = this.retryTarget(ex, backend, 'status', false);
@@ -288,6 +345,7 @@ export class ProxyEngine {
         if (cookie !== undefined) headers.push('set-cookie', cookie);
       }
       res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
+      if (this.accessLog?.wantsResponseHeaders === true) ex.responseHeaders = headers;
     } catch (err) {
       // Node refuses a header the backend sent (e.g. an invalid character): that is a bad response.
       const e = err as NodeJS.ErrnoException;
@@ -314,6 +372,8 @@ export class ProxyEngine {
       ex.req.unpipe(up);
       up.destroy();
     }
+    ex.error = 'request_too_large';
+    ex.termination = PROXY_ERRORS.request_too_large.termination;
     this.logger.warn(`${ex.req.method} ${ex.req.url} -> 413 request_too_large: body passed ${this.maxBodySize} bytes [request ${ex.requestId}]`);
     writeError(ex.res, 'request_too_large', ex.requestId);
   }
@@ -330,6 +390,7 @@ export class ProxyEngine {
     this.inFlight--;
     const up = ex.upstream;
     this.release(ex);
+    if (this.metrics !== undefined || this.accessLog !== undefined) this.record(ex);
     if (!ex.res.writableFinished) {
       // 499 in nginx's and Caddy's terms: nothing is written, the upstream request is cancelled.
       if (up !== undefined && !up.destroyed) up.destroy();
@@ -345,6 +406,38 @@ export class ProxyEngine {
       ex.req.resume();
     }
     ex.upstream = undefined;
+  }
+
+  /** Metrics and the access-log line of a finished exchange. */
+  private record(ex: Exchange): void {
+    const res = ex.res;
+    const complete = res.writableFinished;
+    // The client got what the backend (or the proxy) answered, or nothing it could use: 499.
+    const status = complete || (res.headersSent && ex.error !== undefined) ? res.statusCode : 499;
+    const durationMs = performance.now() - ex.startedAt;
+    const error = ex.error;
+    if (this.metrics !== undefined) {
+      if (error !== undefined) this.metrics.recordError(error);
+      this.metrics.recordRequest(ex.lastBackend, ex.req.method, status, durationMs / 1000);
+    }
+    if (this.accessLog === undefined) return;
+    const req = ex.req;
+    const cl = req.headers['content-length'];
+    this.accessLog.write({
+      req,
+      requestId: ex.requestId,
+      status,
+      durationMs,
+      bytesIn: cl !== undefined && req.complete ? Number(cl) : ex.bodyBytes,
+      bytesOut: req.socket.bytesWritten - ex.writtenBefore,
+      backend: ex.lastBackend?.id,
+      attempts: ex.attempts,
+      connectMs: ex.connectMs,
+      headerMs: ex.headerMs,
+      termination: ex.termination ?? (status === 499 ? CLIENT_CLOSED : undefined),
+      error,
+      responseHeaders: ex.responseHeaders,
+    });
   }
 
   private release(ex: Exchange): void {
@@ -387,6 +480,7 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
   }
   (up as WithExchange<ClientRequest>)[kExchange] = ex;
   ex.upstream = up;
+  ex.attemptStartedAt = performance.now();
   up.on('response', onUpstreamResponse);
   up.on('error', onUpstreamError);
   up.on('timeout', onUpstreamTimeout);
@@ -418,8 +512,9 @@ function startBody(ex: Exchange, up: ClientRequest): void {
   const req = ex.req;
   ex.bodyStarted = true;
   (req as WithExchange<IncomingMessage>)[kExchange] = ex;
-  // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted.
-  if (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined) req.on('data', onRequestData);
+  // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted,
+  // and every body is when the access log reports bytes_in.
+  if (ex.engine.countBodies || (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined)) req.on('data', onRequestData);
   if (req.headers.trailer === undefined) req.pipe(up);
   else {
     req.pipe(up, { end: false });
@@ -446,7 +541,8 @@ function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void
   const ex = this[kExchange];
   if (ex === undefined || ex.closed) return;
   ex.bodyBytes += chunk.length;
-  if (ex.bodyBytes > ex.engine.maxBodySize && ex.upstream !== undefined) ex.engine.onBodyTooLarge(ex);
+  const max = ex.engine.maxBodySize;
+  if (max > 0 && ex.bodyBytes > max && ex.upstream !== undefined && this.headers['content-length'] === undefined) ex.engine.onBodyTooLarge(ex);
 }
 
 function onUpstreamResponse(this: WithExchange<ClientRequest>, pres: IncomingMessage): void {
@@ -487,7 +583,11 @@ function onTotalTimeout(ex: Exchange): void {
   const up = ex.upstream;
   if (up !== undefined && !up.destroyed) up.destroy(Object.assign(new Error('exchange exceeded upstream.totalTimeout'), { code: TOTAL_TIMEOUT }));
   else if (!ex.res.headersSent) ex.engine.onUpstreamError(ex, Object.assign(new Error('exchange exceeded upstream.totalTimeout'), { code: TOTAL_TIMEOUT }));
-  else ex.res.destroy();
+  else {
+    ex.error = 'http_response_timeout';
+    ex.termination = PROXY_ERRORS.http_response_timeout.termination;
+    ex.res.destroy();
+  }
 }
 
 function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): void {
@@ -501,6 +601,10 @@ function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): v
 function onClientClose(this: WithExchange<ServerResponse>): void {
   const ex = this[kExchange];
   if (ex !== undefined) ex.engine.onClientClose(ex);
+}
+
+function retryReason(code: ProxyErrorCode | 'status'): RetryReason {
+  return code === 'status' ? 'status' : code === 'connection_terminated' ? 'reset' : code === 'http_response_timeout' ? 'timeout' : 'connect_failure';
 }
 
 function isBodyless(req: IncomingMessage): boolean {

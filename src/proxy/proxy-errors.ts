@@ -1,26 +1,32 @@
 /**
  * The one mapping from a failure to what the client gets. Codes are stable snake_case
  * identifiers and, where RFC 9209 defines one, are its proxy error types; they appear in the
- * `Proxy-Status` response header, the error body, logs and (later) metrics.
+ * `Proxy-Status` response header, the error body, logs and the `proxy_errors_total` metric.
+ * `termination` is the access log's name for how such a request ended.
  */
 export const PROXY_ERRORS = {
   /** No eligible backend (all unhealthy or disabled). */
-  destination_unavailable: { status: 503, text: 'no backend is available (all unhealthy, disabled or at their connection limit)' },
-  connection_refused: { status: 502, text: 'the backend refused the connection' },
-  connection_terminated: { status: 502, text: 'the backend closed the connection before responding' },
-  connection_timeout: { status: 504, text: 'the backend did not accept the connection in time' },
-  http_response_timeout: { status: 504, text: 'the backend did not respond in time' },
-  connection_read_timeout: { status: 504, text: 'the backend went silent in the middle of its response' },
-  dns_error: { status: 502, text: 'the backend host name could not be resolved' },
-  destination_ip_unroutable: { status: 502, text: 'the backend address is unreachable' },
-  http_protocol_error: { status: 502, text: 'the backend sent an invalid HTTP response' },
-  tls_certificate_error: { status: 502, text: 'the backend TLS certificate was not accepted' },
-  tls_protocol_error: { status: 502, text: 'the TLS handshake with the backend failed' },
-  http_request_error: { status: 400, text: 'the request target is not valid' },
-  uri_too_long: { status: 414, text: 'the request target is longer than the proxy accepts' },
-  request_too_large: { status: 413, text: 'the request body is larger than the proxy accepts' },
-  proxy_internal_error: { status: 502, text: 'the request to the backend failed' },
+  destination_unavailable: { status: 503, termination: 'no_healthy_backend', text: 'no backend is available (all unhealthy, disabled or at their connection limit)' },
+  connection_refused: { status: 502, termination: 'upstream_connect_failure', text: 'the backend refused the connection' },
+  connection_terminated: { status: 502, termination: 'upstream_reset', text: 'the backend closed the connection before responding' },
+  connection_timeout: { status: 504, termination: 'upstream_connect_timeout', text: 'the backend did not accept the connection in time' },
+  http_response_timeout: { status: 504, termination: 'upstream_timeout', text: 'the backend did not respond in time' },
+  connection_read_timeout: { status: 504, termination: 'upstream_timeout', text: 'the backend went silent in the middle of its response' },
+  dns_error: { status: 502, termination: 'upstream_connect_failure', text: 'the backend host name could not be resolved' },
+  destination_ip_unroutable: { status: 502, termination: 'upstream_connect_failure', text: 'the backend address is unreachable' },
+  http_protocol_error: { status: 502, termination: 'upstream_protocol_error', text: 'the backend sent an invalid HTTP response' },
+  tls_certificate_error: { status: 502, termination: 'upstream_connect_failure', text: 'the backend TLS certificate was not accepted' },
+  tls_protocol_error: { status: 502, termination: 'upstream_connect_failure', text: 'the TLS handshake with the backend failed' },
+  http_request_error: { status: 400, termination: 'bad_request', text: 'the request target is not valid' },
+  uri_too_long: { status: 414, termination: 'uri_too_long', text: 'the request target is longer than the proxy accepts' },
+  request_too_large: { status: 413, termination: 'request_too_large', text: 'the request body is larger than the proxy accepts' },
+  proxy_internal_error: { status: 502, termination: 'internal_error', text: 'the request to the backend failed' },
 } as const;
+
+/** The access log's `termination` when the client went away first. */
+export const CLIENT_CLOSED = 'client_closed';
+/** The access log's `termination` when a failure came after every allowed try was used. */
+export const RETRY_LIMIT_EXCEEDED = 'retry_limit_exceeded';
 
 export type ProxyErrorCode = keyof typeof PROXY_ERRORS;
 

@@ -1,12 +1,14 @@
 import { Module } from '@nestjs/common';
 import { BackendModule } from '../backend/backend.module.js';
 import { LoadBalancerModule } from '../load-balancer/load-balancer.module.js';
+import { LoggingModule } from '../logging/logging.module.js';
+import { MetricsModule } from '../metrics/metrics.module.js';
 import { ProxyEngine } from './proxy-engine.service.js';
 import { ProxyServerBinding } from './proxy-server.binding.js';
 import { ProxyMiddleware } from './proxy.middleware.js';
 
 @Module({
-  imports: [BackendModule, LoadBalancerModule],
+  imports: [BackendModule, LoadBalancerModule, MetricsModule, LoggingModule],
   providers: [ProxyEngine, ProxyMiddleware, ProxyServerBinding],
   exports: [ProxyEngine, ProxyMiddleware],
 })

@@ -1,5 +1,8 @@
 /**
- * `npm run bench [-- --quick | --picks-only] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream]`
+ * `npm run bench [-- --quick | --picks-only] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream] [--observability]`
+ *
+ * --observability adds two more Proxymity instances: one with metrics off (and no access log),
+ * one with metrics on and JSON access logs to a file, so the cost of both can be read off.
  *
  * Side by side on the same origins, interleaved A B C D over several rounds: direct to the
  * origin, Proxymity (dist/main.js, default features on), the bare http-proxy script
@@ -34,6 +37,7 @@ interface Options {
   /** Scenario name prefixes to run (default: all). */
   scenarios: string[] | undefined;
   noStream: boolean;
+  observability: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -51,6 +55,7 @@ function parseOptions(argv: string[]): Options {
     only: val('--only')?.split(','),
     scenarios: val('--scenarios')?.split(','),
     noStream: argv.includes('--no-stream'),
+    observability: argv.includes('--observability'),
   };
 }
 
@@ -210,11 +215,18 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
 
   const targets: Target[] = [{ name: 'direct', url: originUrls[0], pid: undefined }];
 
-  const pxPort = await freePort();
-  const cfg = join(tmp, 'proxymity.yaml');
-  writeFileSync(cfg, `proxy: {host: 127.0.0.1, port: ${pxPort}}\nbackend:\n${originUrls.map((u, i) => `  - name: origin-${i + 1}\n    url: ${u}\n`).join('')}`);
-  const px = spawnLogged(process.execPath, [join(ROOT, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], tmp, 'proxymity');
-  targets.push({ name: 'proxymity', url: `http://127.0.0.1:${pxPort}`, pid: px.pid, proc: px });
+  const variants: [name: string, extra: string][] = [['proxymity', '']];
+  if (opts.observability) {
+    variants.push(['proxymity (metrics off)', 'metrics: {enabled: false}\n']);
+    variants.push(['proxymity (metrics + access log)', `accessLog: {enabled: true, output: ${join(tmp, 'access.log')}}\n`]);
+  }
+  for (const [name, extra] of variants) {
+    const pxPort = await freePort();
+    const cfg = join(tmp, `${name.replace(/\W+/g, '-')}.yaml`);
+    writeFileSync(cfg, `proxy: {host: 127.0.0.1, port: ${pxPort}}\nadmin: {port: 0}\n${extra}backend:\n${originUrls.map((u, i) => `  - name: origin-${i + 1}\n    url: ${u}\n`).join('')}`);
+    const px = spawnLogged(process.execPath, [join(ROOT, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], tmp, name.replace(/\W+/g, '-'));
+    targets.push({ name, url: `http://127.0.0.1:${pxPort}`, pid: px.pid, proc: px });
+  }
 
   const barePort = await freePort();
   const bare = spawnLogged(process.execPath, [join(HERE, 'bare-http-proxy.js'), '--port', String(barePort), '--targets', originUrls.join(',')], tmp, 'bare');

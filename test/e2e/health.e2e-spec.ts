@@ -8,6 +8,7 @@ import type { RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, DummyBackend, startBackends } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
 import { pollUntil } from '../helpers/poll-until.js';
+import { withAdminPortZero } from '../helpers/processes.js';
 import { proxyFixture, startProxy } from '../helpers/proxy.js';
 
 const healthState = async (url: string) => {
@@ -120,7 +121,7 @@ describe('health check options', () => {
     const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend:\n${backends.map((b, i) => `  - name: ${b.name}\n    url: ${b.url}\n${backendYaml[i] ?? ''}`).join('')}${extraYaml}\n`;
     const { parseConfig } = await import('../../src/config/index.js');
     const { startProxymity } = await import('../../src/proxymity.js');
-    const sut = await startProxymity(parseConfig(yaml, 'test.yaml'), { logger: false });
+    const sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'test.yaml'), { logger: false });
     started.push({ sut, backends });
     return { sut, backends };
   }

@@ -9,6 +9,7 @@ import type { RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, DummyBackend, startBackends } from '../fixtures/backend-server.js';
 import { request, type TestResponse } from '../helpers/http-client.js';
 import { pollUntil } from '../helpers/poll-until.js';
+import { withAdminPortZero } from '../helpers/processes.js';
 
 let running: { sut?: RunningProxymity; backends: DummyBackend[] }[] = [];
 
@@ -19,7 +20,7 @@ async function setup(n: number, lbYaml: string, backendExtras: string[] = [], ex
   const { parseConfig } = await import('../../src/config/index.js');
   const { startProxymity } = await import('../../src/proxymity.js');
   const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend:\n${backends.map((b, i) => `  - name: ${b.name}\n    url: ${b.url}\n${backendExtras[i] ? `    ${backendExtras[i]}\n` : ''}`).join('')}loadBalancer:\n${lbYaml}\n${extra}\n`;
-  entry.sut = await startProxymity(parseConfig(yaml, 'test.yaml'), { logger: false });
+  entry.sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'test.yaml'), { logger: false });
   return { sut: entry.sut, backends };
 }
 

@@ -9,10 +9,14 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MAIN = join(ROOT, 'src', 'main.js');
 export const DUMMIES = join(ROOT, 'dummies', 'main.js');
 
+/**
+ * Writes a config to a fresh temp dir. Unless the config sets `admin`, the admin listener gets
+ * port 0, so suites running in parallel never collide on the default 9901.
+ */
 export function writeTempConfig(yaml: string, name = 'config.yaml'): string {
   const dir = mkdtempSync(join(tmpdir(), 'proxymity-test-'));
   const file = join(dir, name);
-  writeFileSync(file, yaml);
+  writeFileSync(file, withAdminPortZero(yaml));
   return file;
 }
 
@@ -46,4 +50,9 @@ export async function memoryMiB(pid: number): Promise<{ rss: number; peak: numbe
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
   return { rss: kb('VmRSS') / 1024, peak: kb('VmHWM') / 1024 };
+}
+
+/** Appends `admin: {port: 0}` to a config that has no `admin` key. */
+export function withAdminPortZero(yaml: string): string {
+  return /^admin:/m.test(yaml) ? yaml : `${yaml}${yaml.endsWith('\n') ? '' : '\n'}admin: {port: 0}\n`;
 }

@@ -2,6 +2,7 @@ import { parseConfig } from '../../src/config/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { after, before } from 'node:test';
 import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
+import { withAdminPortZero } from './processes.js';
 
 /**
  * Starts the real application on 127.0.0.1:0 in front of `backends`. `extraYaml` is appended
@@ -18,8 +19,9 @@ export async function startProxy(backends: readonly DummyBackend[] | readonly st
     ...urls.map((u, i) => `  - name: b${i + 1}\n    url: "${u}"`),
     extraYaml,
   ].join('\n');
+  const config = parseConfig(withAdminPortZero(yaml), 'test.yaml');
   const level = process.env.TEST_LOG_LEVEL;
-  return startProxymity(parseConfig(yaml, 'test.yaml'), { logger: level ? ['fatal', 'error', 'warn', 'log', 'debug'].slice(0, ['fatal', 'error', 'warn', 'log', 'debug'].indexOf(level) + 1) as any : false });
+  return startProxymity(config, { logger: level ? ['fatal', 'error', 'warn', 'log', 'debug'].slice(0, ['fatal', 'error', 'warn', 'log', 'debug'].indexOf(level) + 1) as any : false });
 }
 
 /**

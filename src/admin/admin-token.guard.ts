@@ -1,0 +1,33 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { type CanActivate, type ExecutionContext, Inject, Injectable, UnauthorizedException } from '@nestjs/common';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+
+/** The admin token: admin.token, else $PROXYMITY_ADMIN_TOKEN, else none. */
+export function adminToken(cfg: ProxymityConfig): string | undefined {
+  return cfg.admin.token ?? (process.env.PROXYMITY_ADMIN_TOKEN || undefined);
+}
+
+/**
+ * Admin endpoints (all but /health) require `Authorization: Bearer <admin token>` when a token
+ * is configured; one must be when the listener is bound beyond loopback (checked at load).
+ */
+@Injectable()
+export class AdminTokenGuard implements CanActivate {
+  private readonly token: Buffer | undefined;
+
+  constructor(@Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig) {
+    const token = adminToken(cfg);
+    this.token = token === undefined ? undefined : Buffer.from(token);
+  }
+
+  canActivate(context: ExecutionContext): boolean {
+    const expected = this.token;
+    if (expected === undefined) return true;
+    const header = context.switchToHttp().getRequest<IncomingMessage>().headers.authorization ?? '';
+    const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7).trim() : '');
+    if (given.length === expected.length && timingSafeEqual(given, expected)) return true;
+    throw new UnauthorizedException('admin endpoints need "Authorization: Bearer <admin.token>"');
+  }
+}

@@ -1,0 +1,2 @@
+export { AdminModule } from './admin.module.js';
+export { AdminServer, AdminListenError } from './admin-server.service.js';

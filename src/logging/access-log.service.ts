@@ -1,0 +1,189 @@
+/**
+ * Access logs: one line per proxied request, JSON or the combined text format, to
+ * stdout, stderr or a file. When `accessLog.enabled` is false the engine never calls in here
+ * and builds no record, so logging off costs nothing.
+ *
+ * Lines go to pino's destination (sonic-boom: buffered, 4 KiB, written asynchronously, so the
+ * data plane never blocks on the disk). The pino logger itself is not used for these lines: its
+ * `level` and bindings cannot be left out of a line, and an access line is one flat object that
+ * JSON.stringify serializes as fast as pino would. The buffer is flushed on shutdown. A file destination is reopened on SIGUSR2, so logrotate
+ * can move the file away and signal.
+ */
+import { closeSync, openSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
+import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
+import pino from 'pino';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { clientAddress, normalizeAddress } from '../load-balancer/client-address.js';
+
+/** What the engine knows about a request when it ends. */
+export interface RequestSummary {
+  readonly req: IncomingMessage;
+  readonly requestId: string;
+  /** What the client got; 499 when it closed the connection before the response was complete. */
+  readonly status: number;
+  readonly durationMs: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly backend: string | undefined;
+  readonly attempts: number;
+  /** ms; -1 when no new connection was opened (a pooled one was reused, or none was needed). */
+  readonly connectMs: number;
+  /** ms from sending the (last) request upstream to its response headers; -1 when none came. */
+  readonly headerMs: number;
+  readonly termination: string | undefined;
+  /** RFC 9209 error type, when the proxy made or cut the response. */
+  readonly error: string | undefined;
+  /** The response header list as written (name, value, ...), when response headers are logged. */
+  readonly responseHeaders: readonly string[] | undefined;
+}
+
+type Destination = ReturnType<typeof pino.destination>;
+
+const REDACTED = '[REDACTED]';
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+@Injectable()
+export class AccessLogService implements OnApplicationShutdown {
+  private readonly logger = new Logger('AccessLog');
+  readonly enabled: boolean;
+  /** Response headers are kept for the log only when some are asked for. */
+  readonly wantsResponseHeaders: boolean;
+  private readonly cfg: ProxymityConfig['accessLog'];
+  private readonly dest: Destination | undefined;
+  private readonly json: boolean = false;
+  private readonly statusFilter: ((status: number) => boolean) | undefined;
+  private readonly minDurationMs: number;
+  private readonly requestHeaders: readonly string[];
+  private readonly responseHeaders: ReadonlySet<string>;
+  private readonly redact: ReadonlySet<string>;
+  private readonly reopen = (): void => this.dest?.reopen();
+
+  constructor(@Inject(PROXYMITY_CONFIG) config: ProxymityConfig) {
+    const cfg = (this.cfg = config.accessLog);
+    this.enabled = cfg.enabled;
+    this.requestHeaders = cfg.requestHeaders.map((h) => h.toLowerCase());
+    this.responseHeaders = new Set(cfg.responseHeaders.map((h) => h.toLowerCase()));
+    this.wantsResponseHeaders = this.enabled && this.responseHeaders.size > 0;
+    this.redact = new Set(cfg.redact.map((h) => h.toLowerCase()));
+    this.minDurationMs = cfg.filter.minDuration;
+    this.statusFilter = compileStatusFilter(cfg.filter.status);
+    if (!this.enabled) return;
+    const target = cfg.output === 'stdout' ? 1 : cfg.output === 'stderr' ? 2 : cfg.output;
+    // A file that cannot be opened fails boot here, with its path in the message.
+    if (typeof target === 'string') closeSync(openSync(target, 'a'));
+    this.dest = pino.destination({ dest: target, sync: false, minLength: 4096 });
+    this.dest.on('error', (err: Error) => this.logger.error(`access log ${cfg.output}: ${err.message}`));
+    if (typeof target === 'string') process.on('SIGUSR2', this.reopen);
+    this.json = cfg.format === 'json';
+  }
+
+  /** Whether this request is logged: filters first (any match keeps it), then sampling; failures always pass sampling. */
+  shouldLog(status: number, durationMs: number, failed: boolean): boolean {
+    const byStatus = this.statusFilter;
+    const byDuration = this.minDurationMs > 0;
+    if (byStatus !== undefined || byDuration) {
+      const kept = (byStatus !== undefined && byStatus(status)) || (byDuration && durationMs >= this.minDurationMs);
+      if (!kept) return false;
+    }
+    const sample = this.cfg.sample;
+    return failed || sample >= 1 || Math.random() < sample;
+  }
+
+  write(r: RequestSummary): void {
+    const failed = r.termination !== undefined || r.status >= 500;
+    if (!this.shouldLog(r.status, r.durationMs, failed)) return;
+    const req = r.req;
+    const dest = this.dest;
+    if (dest === undefined) return;
+    if (!this.json) {
+      dest.write(this.combinedLine(r));
+      return;
+    }
+    const entry: Record<string, unknown> = {
+      time: new Date().toISOString(),
+      request_id: r.requestId,
+      client_ip: clientAddress(req) ?? normalizeAddress(req.socket.remoteAddress) ?? '',
+      peer_ip: normalizeAddress(req.socket.remoteAddress) ?? '',
+      method: req.method,
+      host: req.headers['x-forwarded-host'] ?? req.headers.host ?? '',
+      path: req.url,
+      protocol: `HTTP/${req.httpVersion}`,
+      status: r.status,
+      bytes_in: r.bytesIn,
+      bytes_out: r.bytesOut,
+      duration_ms: round(r.durationMs),
+      upstream_connect_ms: r.connectMs < 0 ? null : round(r.connectMs),
+      upstream_header_ms: r.headerMs < 0 ? null : round(r.headerMs),
+      backend: r.backend ?? null,
+      attempts: r.attempts,
+      termination: r.termination ?? null,
+      error: r.error ?? null,
+      user_agent: req.headers['user-agent'] ?? null,
+    };
+    if (this.requestHeaders.length > 0) entry.request_headers = this.pickRequestHeaders(req);
+    if (this.responseHeaders.size > 0 && r.responseHeaders !== undefined) entry.response_headers = this.pickResponseHeaders(r.responseHeaders);
+    dest.write(`${JSON.stringify(entry)}\n`);
+  }
+
+  /** Apache/nginx "combined": `peer - - [time] "METHOD path HTTP/x" status bytes "referer" "agent"`, plus request id and duration. */
+  private combinedLine(r: RequestSummary): string {
+    const req = r.req;
+    const h = req.headers;
+    return `${clientAddress(req) ?? normalizeAddress(req.socket.remoteAddress) ?? '-'} - - [${clfTime(new Date())}] "${req.method} ${escapeQuoted(req.url ?? '')} HTTP/${req.httpVersion}" ${r.status} ${r.bytesOut} "${escapeQuoted(str(h.referer) ?? '-')}" "${escapeQuoted(str(h['user-agent']) ?? '-')}" ${r.requestId} ${round(r.durationMs)}ms ${r.backend ?? '-'} ${r.termination ?? '-'}\n`;
+  }
+
+  private pickRequestHeaders(req: IncomingMessage): Record<string, string | null> {
+    const out: Record<string, string | null> = {};
+    for (const name of this.requestHeaders) {
+      const v = req.headers[name];
+      out[name] = v === undefined ? null : this.redact.has(name) ? REDACTED : Array.isArray(v) ? v.join(', ') : v;
+    }
+    return out;
+  }
+
+  private pickResponseHeaders(raw: readonly string[]): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i].toLowerCase();
+      if (!this.responseHeaders.has(name)) continue;
+      const v = this.redact.has(name) ? REDACTED : raw[i + 1];
+      out[name] = out[name] === undefined ? v : `${out[name]}, ${v}`;
+    }
+    return out;
+  }
+
+  onApplicationShutdown(): void {
+    process.removeListener('SIGUSR2', this.reopen);
+    const dest = this.dest;
+    if (dest === undefined) return;
+    try {
+      dest.flushSync();
+    } catch {
+      // nothing buffered, or the destination is gone: nothing more can be done
+    }
+    if (this.cfg.output !== 'stdout' && this.cfg.output !== 'stderr') dest.end();
+  }
+}
+
+function compileStatusFilter(items: readonly string[]): ((status: number) => boolean) | undefined {
+  if (items.length === 0) return undefined;
+  const classes = new Set<number>();
+  const exact = new Set<number>();
+  for (const item of items) {
+    if (item.endsWith('xx')) classes.add(Number(item[0]));
+    else exact.add(Number(item));
+  }
+  return (status) => exact.has(status) || classes.has((status / 100) | 0);
+}
+
+const round = (ms: number): number => Math.round(ms * 1000) / 1000;
+const str = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(', ') : v);
+const escapeQuoted = (s: string): string => s.replace(/["\\\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+const pad = (n: number): string => (n < 10 ? `0${n}` : String(n));
+
+/** `10/Oct/2000:13:55:36 +0000` (UTC, as nginx writes $time_local on a UTC host). */
+function clfTime(d: Date): string {
+  return `${pad(d.getUTCDate())}/${MONTHS[d.getUTCMonth()]}/${d.getUTCFullYear()}:${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
+}

@@ -1,0 +1,3 @@
+export { LoggingModule } from './logging.module.js';
+export { AccessLogService, type RequestSummary } from './access-log.service.js';
+export { AppLogger, LOG_LEVELS, type LogFormat } from './app-logger.js';

@@ -1,0 +1,2 @@
+export { MetricsModule } from './metrics.module.js';
+export { MetricsService, METRIC_PREFIX, type RetryReason } from './metrics.service.js';

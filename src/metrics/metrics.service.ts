@@ -1,0 +1,211 @@
+/**
+ * Every Prometheus metric of the proxy, in one prom-client Registry per instance (never the
+ * global one, so several instances can live in one process, as the tests run them).
+ *
+ * Recording costs the data plane array stores only: series are bound per backend when the
+ * service starts and per (backend, method, status) on first use; gauges that mirror state
+ * (in flight, up, active requests, probe and ejection totals) are read at scrape time, so the
+ * paths that change that state pay nothing.
+ */
+import type { Server } from 'node:http';
+import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { BackendRegistry } from '../backend/backend-registry.service.js';
+import type { Backend } from '../backend/backend.js';
+import type { ConnectObserved } from '../backend/upstream-agent.js';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { BoundCounter, BoundHistogram } from './metric-cells.js';
+
+export const METRIC_PREFIX = 'proxymity_';
+
+/** Request durations: 1 ms to 60 s (the default upstream idle timeout). */
+const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/** Connect times: 100 µs to the 5 s default connect timeout. */
+const CONNECT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/** Methods with their own label value; anything else is "OTHER" (label values stay bounded). */
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT', 'OTHER'];
+const METHOD_INDEX: ReadonlyMap<string, number> = new Map(METHODS.map((m, i) => [m, i]));
+const OTHER = METHODS.length - 1;
+const CODE_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'];
+/** Label of requests no backend served (rejected by the proxy). */
+export const NO_BACKEND = '';
+
+/** Why a request was retried (label of retries_total). */
+export type RetryReason = 'connect_failure' | 'reset' | 'timeout' | 'status' | 'stale_connection';
+
+@Injectable()
+export class MetricsService implements OnApplicationBootstrap {
+  readonly registry = new Registry();
+  readonly enabled: boolean;
+
+  private readonly requests = new BoundCounter(`${METRIC_PREFIX}requests_total`, 'Proxied requests by backend, method and status (499: the client closed first).', ['backend', 'method', 'code'] as const);
+  private readonly duration = new BoundHistogram(`${METRIC_PREFIX}request_duration_seconds`, 'Time from the request reaching the proxy to the end of its response.', ['method', 'code_class'] as const, DURATION_BUCKETS);
+  private readonly connect = new BoundHistogram(`${METRIC_PREFIX}upstream_connect_duration_seconds`, 'Time to open a new connection to a backend (TCP, and TLS for https backends).', ['backend'] as const, CONNECT_BUCKETS);
+  private readonly header = new BoundHistogram(`${METRIC_PREFIX}upstream_response_header_duration_seconds`, 'Time from sending a request to a backend to its response headers (time to first byte), per attempt.', ['backend'] as const, DURATION_BUCKETS);
+  private readonly retries = new BoundCounter(`${METRIC_PREFIX}retries_total`, 'Requests sent again to another backend (or, stale_connection, on a fresh connection) by reason.', ['reason'] as const);
+  private readonly errors = new BoundCounter(`${METRIC_PREFIX}proxy_errors_total`, 'Requests the proxy answered (or cut) because of an error, by RFC 9209 error type.', ['error'] as const);
+
+  /** requests_total series per backend slot (index backends.length: no backend), keyed method * 1000 + status. */
+  private readonly requestSlots: Map<number, number>[];
+  /** request_duration_seconds series, index method * 5 + status class. */
+  private readonly durationSlots: number[] = [];
+  private readonly headerSlots: number[];
+  private readonly retrySlots: Record<RetryReason, number>;
+  private readonly errorSlots = new Map<string, number>();
+  private readonly backends: readonly Backend[];
+  private inFlight: () => number = () => 0;
+
+  constructor(
+    private readonly backendRegistry: BackendRegistry,
+    private readonly adapterHost: HttpAdapterHost,
+    @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
+  ) {
+    this.enabled = cfg.metrics.enabled;
+    this.backends = backendRegistry.all;
+    this.requestSlots = Array.from({ length: this.backends.length + 1 }, () => new Map<number, number>());
+    this.headerSlots = this.backends.map((b) => this.header.bind({ backend: b.id }));
+    for (const method of METHODS) for (const cls of CODE_CLASSES) this.durationSlots.push(this.duration.bind({ method, code_class: cls }));
+    this.retrySlots = {
+      connect_failure: this.retries.bind({ reason: 'connect_failure' }),
+      reset: this.retries.bind({ reason: 'reset' }),
+      timeout: this.retries.bind({ reason: 'timeout' }),
+      status: this.retries.bind({ reason: 'status' }),
+      stale_connection: this.retries.bind({ reason: 'stale_connection' }),
+    };
+    if (!this.enabled) return;
+    for (const b of this.backends) {
+      const slot = this.connect.bind({ backend: b.id });
+      (b.agent as ConnectObserved).onConnect = (ms) => this.connect.observe(slot, ms / 1000);
+    }
+    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors]) this.registry.registerMetric(m as never);
+    this.registerStateGauges();
+    if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  onApplicationBootstrap(): void {
+    const server = this.adapterHost.httpAdapter?.getHttpServer() as Server | undefined;
+    if (server === undefined || !this.enabled) return;
+    new Gauge({
+      name: `${METRIC_PREFIX}open_connections`,
+      help: 'Client connections open on the proxy listener.',
+      registers: [this.registry],
+      collect() {
+        return new Promise<void>((resolve) =>
+          server.getConnections((err, n) => {
+            if (!err) this.set(n);
+            resolve();
+          }),
+        );
+      },
+    });
+  }
+
+  /** The engine tells where its in-flight count lives (read at scrape). */
+  readInFlightFrom(read: () => number): void {
+    this.inFlight = read;
+  }
+
+  // ---- data plane ---------------------------------------------------------------------------
+
+  /** One finished request: `status` is what the client got (499 when it closed first). */
+  recordRequest(backend: Backend | undefined, method: string | undefined, status: number, seconds: number): void {
+    const m = (method !== undefined ? METHOD_INDEX.get(method) : undefined) ?? OTHER;
+    const slots = this.requestSlots[backend === undefined ? this.backends.length : backend.slot];
+    const key = m * 1000 + status;
+    let slot = slots.get(key);
+    if (slot === undefined) {
+      slot = this.requests.bind({ backend: backend === undefined ? NO_BACKEND : backend.id, method: METHODS[m], code: String(status) });
+      slots.set(key, slot);
+    }
+    this.requests.inc(slot);
+    const cls = status >= 100 && status < 600 ? ((status / 100) | 0) - 1 : 4;
+    this.duration.observe(this.durationSlots[m * 5 + cls], seconds);
+  }
+
+  /** Response headers arrived `seconds` after the attempt's request was sent. */
+  recordResponseHeaders(backend: Backend, seconds: number): void {
+    this.header.observe(this.headerSlots[backend.slot], seconds);
+  }
+
+  recordRetry(reason: RetryReason): void {
+    this.retries.inc(this.retrySlots[reason]);
+  }
+
+  recordError(code: string): void {
+    let slot = this.errorSlots.get(code);
+    if (slot === undefined) {
+      slot = this.errors.bind({ error: code });
+      this.errorSlots.set(code, slot);
+    }
+    this.errors.inc(slot);
+  }
+
+  // ---- control plane ------------------------------------------------------------------------
+
+  /** Prometheus text exposition of every metric. */
+  scrape(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  private registerStateGauges(): void {
+    const backends = this.backends;
+    const registers = [this.registry];
+    const engineInFlight = () => this.inFlight();
+    new Gauge({
+      name: `${METRIC_PREFIX}requests_in_flight`,
+      help: 'Proxied requests being served.',
+      registers,
+      collect() {
+        this.set(engineInFlight());
+      },
+    });
+    new Gauge({
+      name: `${METRIC_PREFIX}backend_active_requests`,
+      help: 'Requests being forwarded to each backend.',
+      labelNames: ['backend'],
+      registers,
+      collect() {
+        for (const b of backends) this.set({ backend: b.id }, b.inFlight);
+      },
+    });
+    new Gauge({
+      name: `${METRIC_PREFIX}backend_up`,
+      help: '1 when the backend takes traffic (enabled, healthy, not ejected), else 0.',
+      labelNames: ['backend'],
+      registers,
+      collect() {
+        for (const b of backends) this.set({ backend: b.id }, b.enabled && b.healthy ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: `${METRIC_PREFIX}health_checks_total`,
+      help: 'Active health probes by backend and result (pass or fail).',
+      labelNames: ['backend', 'result'],
+      registers,
+      collect() {
+        this.reset();
+        for (const b of backends) {
+          this.inc({ backend: b.id, result: 'pass' }, b.probesPassed);
+          this.inc({ backend: b.id, result: 'fail' }, b.probesFailed);
+        }
+      },
+    });
+    new Counter({
+      name: `${METRIC_PREFIX}backend_ejections_total`,
+      help: 'Outlier-detection ejections by backend and the failure kind that caused them.',
+      labelNames: ['backend', 'reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const b of backends) for (const [reason, n] of b.ejectionsByReason) this.inc({ backend: b.id, reason }, n);
+      },
+    });
+  }
+}
