@@ -240,6 +240,10 @@ export const configSchema = z
           .array(z.string().regex(/^[A-Za-z]+$/).transform((m) => m.toUpperCase()))
           .prefault(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
           .describe('Methods that may be retried after the request reached a backend. Default: the idempotent ones.'),
+        bufferBody: byteSize
+          .prefault('64KiB')
+          .refine((n) => n <= 16 * 1024 * 1024, { message: 'must be at most 16MiB' })
+          .describe('A request body of a method in `methods` up to this size is kept while it streams, so that the request can still be retried after it reached a backend. 0 = bodies are never replayed. Default 64KiB.'),
         backoff: z
           .strictObject({
             base: duration({ max: 60_000 }).prefault(0).describe('First retry waits a random time up to base; each further one doubles it, up to max. Default 0 (retry at once: it goes to another backend).'),

@@ -73,8 +73,10 @@ class Exchange {
   retrying = false;
   /** A request body byte has been handed to an upstream request: the request can no longer be replayed. */
   bodyStarted = false;
-  /** Request body bytes seen, counted only for chunked uploads when proxy.maxBodySize is set. */
+  /** Request body bytes seen (counted when the access log, maxBodySize on a chunked upload, or replay needs them). */
   bodyBytes = 0;
+  /** The body so far, kept while it may still be replayed on another try (retry.bufferBody). */
+  replay: Buffer[] | undefined = undefined;
   /** upstream.headerTimeout / totalTimeout timers, only when those are configured. */
   headerTimer: NodeJS.Timeout | undefined = undefined;
   totalTimer: NodeJS.Timeout | undefined = undefined;
@@ -135,6 +137,8 @@ export class ProxyEngine {
   private readonly accessLog: AccessLogService | undefined;
   /** Request bodies are counted for the access log (bytes_in). */
   readonly countBodies: boolean;
+  /** retry.bufferBody: largest body kept for a replay (0 = none). */
+  readonly replayLimit: number;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -150,6 +154,7 @@ export class ProxyEngine {
     this.retry = cfg.retry;
     this.maxAttempts = cfg.retry.attempts ?? cfg.upstream.retries + 1;
     this.retryMethods = new Set(cfg.retry.methods);
+    this.replayLimit = cfg.retry.bufferBody;
     const on5xx = cfg.retry.on.includes('5xx');
     const onGateway = cfg.retry.on.includes('gateway-error');
     this.retryStatus = (status) => (on5xx && status >= 500) || (onGateway && (status === 502 || status === 503 || status === 504));
@@ -166,6 +171,10 @@ export class ProxyEngine {
   forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string): void {
     const ex = new Exchange(this, req, res, requestId, isBodyless(req));
     (res as WithExchange<ServerResponse>)[kExchange] = ex;
+    if (!ex.bodyless && this.replayLimit > 0 && this.retryMethods.has(req.method as string) && req.headers.trailer === undefined) {
+      const cl = req.headers['content-length'];
+      if (cl === undefined || Number(cl) <= this.replayLimit) ex.replay = [];
+    }
     res.once('close', onClientClose);
     this.inFlight++;
     if (this.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, this.totalTimeoutMs, ex);
@@ -230,6 +239,7 @@ export class ProxyEngine {
     const backend = ex.backend;
     ex.upstream = undefined;
     this.release(ex);
+    if (up !== undefined && ex.bodyStarted) ex.req.unpipe(up);
     if (ex.closed || backend === undefined) return; // the client left first; counted as 499 there
     const code = classifyUpstreamError(err);
     const beforeResponse = !ex.res.headersSent;
@@ -260,8 +270,8 @@ export class ProxyEngine {
   }
 
   private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode | 'status', stale: boolean): Backend | undefined {
-    // A body is streamed, never buffered: once a byte of it went upstream it cannot be replayed.
-    if (ex.bodyStarted) return undefined;
+    // Once a body byte went upstream, only a body kept for replay (retry.bufferBody) can be sent again.
+    if (ex.bodyStarted && ex.replay === undefined) return undefined;
     const method = ex.req.method ?? '';
     if (stale && !ex.staleRetried && IDEMPOTENT.has(method)) {
       // One replay on a fresh connection to the same backend: the request never reached its
@@ -332,12 +342,15 @@ export class ProxyEngine {
           this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after HTTP ${status} from "${backend.id}" [request ${ex.requestId}]`);
           ex.upstream = undefined;
           this.release(ex);
+          if (ex.bodyStarted) ex.req.unpipe(up);
           pres.resume();
           this.retryOn(ex, next);
           return;
         }
       }
     }
+    // This answer goes to the client: the request will not be sent again.
+    ex.replay = undefined;
     try {
       const headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
       if (this.sticky && ex.backend !== undefined) {
@@ -510,11 +523,20 @@ function onUpstreamSocket(this: WithExchange<ClientRequest>, socket: import('nod
 function startBody(ex: Exchange, up: ClientRequest): void {
   if (ex.upstream !== up || ex.closed) return;
   const req = ex.req;
-  ex.bodyStarted = true;
-  (req as WithExchange<IncomingMessage>)[kExchange] = ex;
-  // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted,
-  // and every body is when the access log reports bytes_in.
-  if (ex.engine.countBodies || (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined)) req.on('data', onRequestData);
+  if (!ex.bodyStarted) {
+    ex.bodyStarted = true;
+    (req as WithExchange<IncomingMessage>)[kExchange] = ex;
+    // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted,
+    // and every body is when the access log reports bytes_in or it is kept for a replay.
+    if (ex.replay !== undefined || ex.engine.countBodies || (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined)) req.on('data', onRequestData);
+  } else if (ex.replay !== undefined) {
+    // A retry: first what earlier tries were sent, then the rest as it arrives.
+    for (const chunk of ex.replay) up.write(chunk);
+    if (req.readableEnded) {
+      up.end();
+      return;
+    }
+  }
   if (req.headers.trailer === undefined) req.pipe(up);
   else {
     req.pipe(up, { end: false });
@@ -541,6 +563,11 @@ function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void
   const ex = this[kExchange];
   if (ex === undefined || ex.closed) return;
   ex.bodyBytes += chunk.length;
+  const replay = ex.replay;
+  if (replay !== undefined) {
+    if (ex.bodyBytes <= ex.engine.replayLimit) replay.push(chunk);
+    else ex.replay = undefined; // larger than retry.bufferBody: streamed only, never replayed
+  }
   const max = ex.engine.maxBodySize;
   if (max > 0 && ex.bodyBytes > max && ex.upstream !== undefined && this.headers['content-length'] === undefined) ex.engine.onBodyTooLarge(ex);
 }

@@ -2,6 +2,7 @@
  * The retry policy (`retry:`) through the real proxy and real backends.
  */
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { afterEach, describe, it } from 'node:test';
 import type { RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
@@ -82,5 +83,39 @@ describe('retry policy', () => {
     const { sut, backends } = await setup('retry: {on: [5xx], backoff: {base: 50ms, max: 100ms}}');
     backends[0].forcedStatus = 502;
     for (let i = 0; i < 2; i++) assert.equal((await request(`${sut.url}/k${i}`)).status, 200);
+  });
+  it('replays a PUT body kept under retry.bufferBody on the other backend after a reset', async () => {
+    const { sut, backends } = await setup('');
+    backends[0].failAlways('reset');
+    for (let i = 0; i < 4; i++) {
+      const body = randomBytes(10 * 1024 + i);
+      const res = await request(`${sut.url}/put${i}`, { method: 'PUT', body });
+      assert.equal(res.status, 200, res.body);
+      assert.equal(res.json().backend, 'b2');
+      assert.equal(res.json().bodyBytes, body.length);
+      assert.equal(res.json().bodySha256, createHash('sha256').update(body).digest('hex'));
+    }
+    assert.ok(backends[0].proxied >= 2, 'b1 was tried and reset');
+  });
+
+  it('replays a chunked PUT body too, and not a body larger than retry.bufferBody', async () => {
+    const { sut, backends } = await setup('retry: {bufferBody: 8KiB}');
+    backends[0].failAlways('reset');
+    const small = randomBytes(4096);
+    const big = randomBytes(64 * 1024);
+    const chunked = await request(`${sut.url}/chunked`, { method: 'PUT', body: small, headers: { 'transfer-encoding': 'chunked' } });
+    assert.equal(chunked.status, 200);
+    assert.equal(chunked.json().bodySha256, createHash('sha256').update(small).digest('hex'));
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/big${i}`, { method: 'PUT', body: big })).status);
+    assert.deepEqual(statuses.sort(), [200, 200, 502, 502]);
+  });
+
+  it('never replays the body of a method outside retry.methods', async () => {
+    const { sut, backends } = await setup('');
+    backends[0].failAlways('reset');
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/post${i}`, { method: 'POST', body: randomBytes(1024) })).status);
+    assert.deepEqual(statuses.sort(), [200, 200, 502, 502]);
   });
 });
