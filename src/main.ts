@@ -73,8 +73,11 @@ async function main(argv: string[]): Promise<void> {
     }
     throw err;
   }
-  const enabled = config.backend.filter((b) => b.enabled).length;
-  logger.log(`listening on ${proxy.url}, ${enabled} backend(s), strategy ${config.loadBalancer.strategy}${proxy.adminUrl ? `, admin on ${proxy.adminUrl}` : ''}`);
+  const pools = Object.values(config.pools);
+  const enabled = pools.reduce((n, p) => n + p.backends.filter((b) => b.enabled).length, 0);
+  const strategies = [...new Set(pools.map((p) => p.strategy))].join('/');
+  const shape = pools.length === 1 ? `strategy ${strategies}` : `${pools.length} pools, ${config.routes.length} routes`;
+  logger.log(`listening on ${proxy.url}, ${enabled} backend(s), ${shape}${proxy.adminUrl ? `, admin on ${proxy.adminUrl}` : ''}`);
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {

@@ -9,17 +9,54 @@ import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { Backend, PROBE_HISTORY, type HealthSource } from './backend.js';
 
+/** What a reload changed in the set of backends. */
+export interface BackendChanges {
+  readonly added: readonly Backend[];
+  readonly removed: readonly Backend[];
+  readonly kept: readonly Backend[];
+}
+
 @Injectable()
 export class BackendRegistry implements OnApplicationShutdown {
   private readonly logger = new Logger(BackendRegistry.name);
-  /** Every configured backend, enabled or not, in config order. */
-  readonly all: readonly Backend[];
-  private eligible: readonly Backend[];
-  private eligibleBackups: readonly Backend[];
-
-  private readonly outlier: ProxymityConfig['outlierDetection'];
+  /** Every configured backend of every pool, enabled or not, in config order. Replaced on reload. */
+  all: readonly Backend[] = [];
+  private eligible: readonly Backend[] = [];
+  private eligibleBackups: readonly Backend[] = [];
+  private outlier: ProxymityConfig['outlierDetection'];
+  private nextSlot = 0;
+  /** Removed by a reload and still serving requests: closed once idle. */
+  private readonly retired = new Set<Backend>();
+  private readonly healthListeners: ((b: Backend) => void)[] = [];
+  private readonly addListeners: ((b: Backend) => void)[] = [];
 
   constructor(@Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig) {
+    this.outlier = cfg.outlierDetection;
+    this.apply(cfg);
+  }
+
+  /** Whether 5xx answers count as passive failures (outlierDetection.consider5xx). */
+  get consider5xx(): boolean {
+    return this.outlier.consider5xx;
+  }
+
+  /** Called after every health transition (load balancers rebuild their snapshots). */
+  onHealthChange(listener: (b: Backend) => void): void {
+    this.healthListeners.push(listener);
+  }
+
+  /** Called for every backend created, now and on later reloads (metrics bind its series). */
+  onBackendAdded(listener: (b: Backend) => void): void {
+    this.addListeners.push(listener);
+    for (const b of this.all) listener(b);
+  }
+
+  /**
+   * Builds the backends of `cfg`. A backend whose name, URL and connection settings are
+   * unchanged keeps its object: health, counters, ejections and pooled connections survive.
+   * Removed backends take no new requests and are closed once their last request is done.
+   */
+  apply(cfg: ProxymityConfig): BackendChanges {
     this.outlier = cfg.outlierDetection;
     const u = cfg.upstream;
     const agentOptions = {
@@ -29,9 +66,51 @@ export class BackendRegistry implements OnApplicationShutdown {
       maxSockets: u.maxSockets,
       maxFreeSockets: u.maxFreeSockets,
     };
-    this.all = Object.freeze(cfg.backend.map((b, i) => new Backend(b, i, cfg.loadBalancer.slowStart, agentOptions, { ...cfg.healthCheck, ...b.healthCheck })));
+    const agentKey = JSON.stringify(agentOptions);
+    const previous = new Map(this.all.map((b) => [`${b.id} ${b.url.href} ${JSON.stringify(b.agentOptions)}`, b]));
+    const next: Backend[] = [];
+    const added: Backend[] = [];
+    const kept: Backend[] = [];
+    for (const pool of Object.values(cfg.pools)) {
+      for (const spec of pool.backends) {
+        const b = { ...spec, pool: pool.name };
+        const check = { ...pool.healthCheck, ...spec.healthCheck };
+        const key = `${spec.name} ${new URL(spec.url).href} ${agentKey}`;
+        const existing = previous.get(key);
+        if (existing !== undefined) {
+          previous.delete(key);
+          existing.update(b, pool.slowStart, check);
+          kept.push(existing);
+          next.push(existing);
+        } else {
+          const created = new Backend(b, this.nextSlot++, pool.slowStart, agentOptions, check);
+          added.push(created);
+          next.push(created);
+        }
+      }
+    }
+    const removed = [...previous.values()];
+    for (const b of removed) {
+      b.retired = true;
+      b.enabled = false;
+      this.retired.add(b);
+    }
+    this.all = Object.freeze(next);
     this.eligible = this.buildEligible(false);
     this.eligibleBackups = this.buildEligible(true);
+    for (const b of added) for (const l of this.addListeners) l(b);
+    this.closeIdleRetired();
+    return { added, removed, kept };
+  }
+
+  /** Closes retired backends that have no request left (called on every probe tick too). */
+  closeIdleRetired(): void {
+    for (const b of this.retired) {
+      if (b.inFlight === 0) {
+        b.destroy();
+        this.retired.delete(b);
+      }
+    }
   }
 
   /** Enabled, healthy primary backends in config order. Replaced (never mutated) on every change. */
@@ -95,7 +174,7 @@ export class BackendRegistry implements OnApplicationShutdown {
     const od = this.outlier;
     backend.passiveFailures++;
     if (backend.passiveFailures < od.consecutiveFailures) return;
-    const enabled = this.all.filter((b) => b.enabled);
+    const enabled = this.all.filter((b) => b.enabled && b.pool === backend.pool);
     const allowed = Math.max(1, Math.floor((enabled.length * od.maxEjectionPercent) / 100));
     const ejectedNow = enabled.filter((b) => b.ejected).length;
     if (ejectedNow >= allowed) {
@@ -140,6 +219,7 @@ export class BackendRegistry implements OnApplicationShutdown {
     const left = this.eligible.length + this.eligibleBackups.length;
     if (healthy) this.logger.log(`backend "${backend.id}" is UP (${source}: ${reason}); ${left} healthy`);
     else this.logger.warn(`backend "${backend.id}" is DOWN (${source}: ${reason}); ${left} healthy`);
+    for (const l of this.healthListeners) l(backend);
   }
 
   private buildEligible(backup: boolean): readonly Backend[] {
@@ -148,5 +228,7 @@ export class BackendRegistry implements OnApplicationShutdown {
 
   onApplicationShutdown(): void {
     for (const b of this.all) b.destroy();
+    for (const b of this.retired) b.destroy();
+    this.retired.clear();
   }
 }

@@ -9,6 +9,8 @@ import { createUpstreamAgent, type UpstreamAgentOptions } from './upstream-agent
 /** What a backend is built from: one validated `backend[]` entry of config.yaml. */
 export interface BackendSpec {
   readonly name: string;
+  /** The pool it belongs to ("default" for the seed format's `backend` list). */
+  readonly pool?: string;
   readonly url: string;
   readonly enabled: boolean;
   readonly weight: number;
@@ -69,23 +71,32 @@ export class Backend {
   readonly port: number;
   /** Path prefix from the URL ("" for none), prepended to every proxied path. */
   readonly basePath: string;
-  readonly enabled: boolean;
-  /** Position in the registry's list of all backends: a dense index for per-backend arrays. */
+  /**
+   * Settings below are written only by the registry, at start and on a config reload (a backend
+   * whose name and URL stay the same keeps its object, its health and its connections).
+   */
+  enabled: boolean;
+  /** The pool it belongs to. */
+  pool: string;
+  /** A dense index for per-backend arrays, never reused by another backend. */
   readonly slot: number;
-  readonly weight: number;
-  readonly backup: boolean;
+  weight: number;
+  backup: boolean;
   /** Most requests in flight; Infinity when uncapped. */
-  readonly maxConnections: number;
+  maxConnections: number;
   /** Slow-start window in ms (0 = off). */
-  readonly slowStartMs: number;
+  slowStartMs: number;
+  /** Removed from the config by a reload: no new requests, closed once idle. */
+  retired = false;
   readonly agent: Agent;
+  readonly agentOptions: UpstreamAgentOptions;
   /** The agent's pool key for this backend (plain HTTP only), to see whether a pooled socket is free. */
   readonly poolKey: string | undefined;
   /** Set once by ProxyEngine on first use; opaque to everyone else. */
   forwarder: unknown = undefined;
 
   /** The active health check for this backend (defaults merged with its overrides). */
-  readonly check: ProbeSpec;
+  check: ProbeSpec;
   /** Requests currently being forwarded to this backend. */
   inFlight = 0;
   healthy: boolean;
@@ -120,6 +131,7 @@ export class Backend {
     this.backup = cfg.backup;
     this.maxConnections = cfg.maxConnections ?? Infinity;
     this.slowStartMs = cfg.slowStart ?? defaultSlowStartMs;
+    this.pool = cfg.pool ?? 'default';
     this.id = cfg.name;
     this.url = new URL(cfg.url);
     this.protocol = this.url.protocol;
@@ -128,6 +140,7 @@ export class Backend {
     this.basePath = this.url.pathname === '/' ? '' : this.url.pathname.replace(/\/$/, '');
     this.enabled = cfg.enabled;
     this.agent = createUpstreamAgent(this.protocol, agentOptions);
+    this.agentOptions = agentOptions;
     this.poolKey = this.protocol === 'http:' ? this.agent.getName({ host: this.hostname, port: this.port }) : undefined;
   }
 
@@ -149,6 +162,17 @@ export class Backend {
     if (key === undefined) return false;
     const free = (this.agent.freeSockets as Record<string, unknown[] | undefined>)[key];
     return free !== undefined && free.length > 0;
+  }
+
+  /** Takes the settings of a reloaded config (same name and URL); health and counters stay. */
+  update(cfg: BackendSpec, defaultSlowStartMs: number, check: ProbeSpec): void {
+    this.enabled = cfg.enabled;
+    this.pool = cfg.pool ?? 'default';
+    this.weight = cfg.weight;
+    this.backup = cfg.backup;
+    this.maxConnections = cfg.maxConnections ?? Infinity;
+    this.slowStartMs = cfg.slowStart ?? defaultSlowStartMs;
+    this.check = check;
   }
 
   /** Frees the agent's sockets; the backend is unusable afterwards. */

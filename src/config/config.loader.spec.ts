@@ -102,8 +102,10 @@ describe('parseConfig', () => {
     assert.match(problems('backend: []\n'), /backend: at least one backend is required/);
   });
 
-  it('rejects a missing backend list', () => {
-    assert.match(problems('proxy:\n  port: 80\n'), /backend: required/);
+  it('rejects a config with neither a backend list nor pools, once', () => {
+    const text = problems('proxy:\n  port: 80\n');
+    assert.match(text, /no backends: give a "backend" list \(the seed format\) or "pools"/);
+    assert.equal(text.match(/no backends/g)?.length, 1);
   });
 
   it('rejects a config whose backends are all disabled', () => {

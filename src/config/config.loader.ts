@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from './config.errors.js';
-import { configSchema, crossFieldIssues, hostPortOf, type ProxymityConfig } from './config.schema.js';
+import { type backendSchema, type BackendConfig, configSchema, crossFieldIssues, DEFAULT_POOL, hostPortOf, type PoolConfig, type ProxymityConfig, type RouteConfig } from './config.schema.js';
 
 /** Where the config comes from: `--config FILE`, else $PROXYMITY_CONFIG, else ./config.yaml. */
 export function resolveConfigPath(argv: readonly string[], env: NodeJS.ProcessEnv): string {
@@ -53,15 +53,42 @@ export function parseConfig(text: string, file = 'config.yaml'): ProxymityConfig
   if (!result.success) {
     const issues = result.error.issues.flatMap((issue) => toConfigIssues(issue, doc, lineCounter));
     // zod skips object-level refinements once a field fails; report cross-field problems too.
-    if (!result.error.issues.some((i) => i.code === 'custom' && i.message.startsWith('duplicate backend name'))) {
-      for (const c of crossFieldIssues(raw)) issues.push({ path: formatPath(c.path), ...valuePosition(doc, lineCounter, c.path), message: c.message });
+    const seen = new Set(result.error.issues.map((i) => `${formatPath(i.path as (string | number)[])} ${i.message}`));
+    for (const c of crossFieldIssues(raw)) {
+      if (!seen.has(`${formatPath(c.path)} ${c.message}`)) issues.push({ path: formatPath(c.path), ...valuePosition(doc, lineCounter, c.path), message: c.message });
     }
     issues.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new ConfigError(file, issues);
   }
-  const cfg = result.data;
-  const backend = cfg.backend.map((b) => ({ ...b, name: b.name ?? hostPortOf(b.url) }));
-  return deepFreeze({ ...cfg, backend }) as ProxymityConfig;
+  return deepFreeze(normalize(result.data)) as ProxymityConfig;
+}
+
+/**
+ * Fills in what the rest of the proxy relies on: backend names, the `backend` list as the pool
+ * "default", each pool's balancing and health-check settings (its own over the top-level
+ * ones), and a catch-all route when there are no routes.
+ */
+function normalize(cfg: z.output<typeof configSchema>): Omit<ProxymityConfig, never> {
+  const named = (list: readonly z.output<typeof backendSchema>[]): BackendConfig[] => list.map((b) => ({ ...b, name: b.name ?? hostPortOf(b.url) }));
+  const lb = cfg.loadBalancer;
+  const pools: Record<string, PoolConfig> = {};
+  const backend = named(cfg.backend ?? []);
+  if (cfg.backend !== undefined) {
+    pools[DEFAULT_POOL] = { name: DEFAULT_POOL, strategy: lb.strategy, hash: lb.hash, sticky: lb.sticky, slowStart: lb.slowStart, healthCheck: cfg.healthCheck, backends: backend };
+  }
+  for (const [name, p] of Object.entries(cfg.pools ?? {})) {
+    pools[name] = {
+      name,
+      strategy: p.strategy ?? lb.strategy,
+      hash: p.hash ?? lb.hash,
+      sticky: p.sticky ?? lb.sticky,
+      slowStart: p.slowStart ?? lb.slowStart,
+      healthCheck: { ...cfg.healthCheck, ...p.healthCheck },
+      backends: named(p.backends),
+    };
+  }
+  const routes: RouteConfig[] = (cfg.routes ?? [{ match: {}, pool: Object.keys(pools)[0], hostHeader: 'client' }]).map((r, i) => ({ ...r, name: r.name ?? `route-${i + 1}` }));
+  return { ...cfg, backend, pools, routes } as unknown as ProxymityConfig;
 }
 
 function toConfigIssues(issue: z.core.$ZodIssue, doc: Document, lc: LineCounter): ConfigIssue[] {

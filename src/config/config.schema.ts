@@ -144,6 +144,97 @@ export const backendSchema = z
   })
   .describe('One upstream server.');
 
+const tokenName = z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, { message: 'expected a cookie name (token characters only)' });
+
+const hashSchema = z
+  .strictObject({
+    key: z
+      .string()
+      .regex(/^(client-ip|path|(header|cookie|query):[A-Za-z0-9!#$%&'*+.^_`|~-]+)$/, { message: 'expected client-ip, path, header:NAME, cookie:NAME or query:NAME' })
+      .optional()
+      .describe('What the hash strategy hashes: client-ip, path, header:NAME, cookie:NAME or query:NAME. Required for "hash"; "ip-hash" always uses client-ip.'),
+    balanceFactor: z.number().min(1).max(100).optional().describe('Bounded load: no backend takes more than balanceFactor × the average in-flight load (e.g. 1.25). Default: unbounded.'),
+  })
+  .describe('Options of the hash and ip-hash strategies.');
+
+const stickySchema = z
+  .strictObject({
+    cookie: tokenName.describe('Cookie name, e.g. "pxy_srv".'),
+    secret: z.string().min(16).optional().describe('HMAC key for cookie values (at least 16 characters). Default: random per process, so cookies do not survive a restart or carry across instances.'),
+    maxAge: duration({ max: 10 * 365 * 24 * 3_600_000 }).optional().describe('Cookie Max-Age. Default: a session cookie.'),
+    path: z.string().prefault('/').describe('Cookie Path. Default "/".'),
+    domain: z.string().optional().describe('Cookie Domain. Default: none (host-only).'),
+    secure: z.boolean().prefault(false).describe('Add Secure. Default false.'),
+    httpOnly: z.boolean().prefault(true).describe('Add HttpOnly. Default true.'),
+    sameSite: z.enum(['Strict', 'Lax', 'None']).prefault('Lax').describe('SameSite attribute. Default "Lax".'),
+  })
+  .describe('Sticky sessions on top of any strategy. Default: off.');
+
+const strategyName = z.string().refine((name) => STRATEGY_NAMES.includes(name), { error: (iss) => `unknown ${JSON.stringify(iss.input)}; expected one of ${STRATEGY_NAMES.join(', ')}` });
+
+const retryFields = {
+  attempts: positiveInt(10).describe('Most tries of one request, the first included, each on a different backend. Default: upstream.retries + 1 (3).'),
+  on: z
+    .array(z.enum(['connect-failure', 'reset', 'timeout', '5xx', 'gateway-error']))
+    .describe('What is retried: connect-failure (refused, connect timeout, DNS: any method), and for `methods` only: reset (before any answer), timeout (no answer in time), 5xx, gateway-error (502/503/504). Default [connect-failure, reset].'),
+  methods: z.array(z.string().regex(/^[A-Za-z]+$/).transform((m) => m.toUpperCase())).describe('Methods that may be retried after the request reached a backend. Default: the idempotent ones.'),
+  bufferBody: byteSize
+    .refine((n) => n <= 16 * 1024 * 1024, { message: 'must be at most 16MiB' })
+    .describe('A request body of a method in `methods` up to this size is kept while it streams, so that the request can still be retried after it reached a backend. 0 = bodies are never replayed. Default 64KiB.'),
+};
+
+const headerOps = z
+  .strictObject({
+    set: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()).prefault({}).describe('Headers set (replacing any value).'),
+    add: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()).prefault({}).describe('Headers added (after any existing value).'),
+    remove: z.array(z.string().regex(headerName, { message: 'expected a header name' })).prefault([]).describe('Headers removed.'),
+  })
+  .describe('Header changes: remove, then set, then add.');
+
+const hostPattern = z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, { message: 'expected a host name such as "api.example.com" or "*.example.com"' });
+
+export const poolSchema = z
+  .strictObject({
+    strategy: strategyName.optional().describe('Strategy of this pool. Default: loadBalancer.strategy.'),
+    hash: hashSchema.optional().describe('Hash options of this pool. Default: loadBalancer.hash.'),
+    sticky: stickySchema.optional().describe('Sticky sessions for this pool. Default: loadBalancer.sticky.'),
+    slowStart: duration({ max: 3_600_000 }).optional().describe('Slow-start window of this pool. Default: loadBalancer.slowStart.'),
+    healthCheck: z.strictObject(healthCheckFields).partial().optional().describe('Overrides of the top-level healthCheck for this pool (backends can override again).'),
+    backends: z.array(backendSchema).min(1, { message: 'a pool needs at least one backend' }).describe('The pool\'s upstream servers.'),
+  })
+  .describe('A named group of backends with its own balancing and health checks.');
+
+export const routeSchema = z
+  .strictObject({
+    name: z.string().min(1).max(128).optional().describe('Name used in logs. Default: "route-N" (its position).'),
+    match: z
+      .strictObject({
+        host: z.union([hostPattern, z.array(hostPattern).min(1)]).optional().describe('Host (port ignored, case-insensitive): exact "api.example.com" or wildcard "*.example.com" (any subdomain). Default: any.'),
+        path: z.string().regex(/^\//, { message: 'expected a path starting with "/"' }).optional().describe('Path prefix, compared as a plain string prefix ("/api" also matches "/apix"; write "/api/" to avoid it). Default: any.'),
+        pathExact: z.string().regex(/^\//, { message: 'expected a path starting with "/"' }).optional().describe('Exact path (the query string is ignored).'),
+        methods: z.array(z.string().regex(/^[A-Za-z]+$/).transform((m) => m.toUpperCase())).min(1).optional().describe('Methods matched. Default: any.'),
+        headers: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()).optional().describe('Request headers that must have exactly these values ("*": present with any value).'),
+      })
+      .prefault({})
+      .describe('What the route matches; every condition given must hold. Default: everything.'),
+    pool: z.string().min(1).describe('The pool this route sends to.'),
+    stripPrefix: z.string().regex(/^\//, { message: 'expected a path starting with "/"' }).optional().describe('Removed from the start of the path before forwarding, when present.'),
+    addPrefix: z.string().regex(/^\/.*[^/]$|^\/$/, { message: 'expected a path starting with "/" and not ending with "/"' }).optional().describe('Put in front of the path (after stripPrefix).'),
+    hostHeader: z.string().min(1).prefault('client').describe('Host header sent upstream: "client" (as received), "backend" (the backend URL\'s host:port) or a literal host. Default "client".'),
+    requestHeaders: headerOps.optional().describe('Changes to the request headers sent upstream.'),
+    responseHeaders: headerOps.optional().describe('Changes to the response headers sent to the client.'),
+    timeouts: z
+      .strictObject({
+        headerTimeout: duration({ min: 10, max: 3_600_000 }).optional().describe('As upstream.headerTimeout, for this route.'),
+        totalTimeout: duration({ max: 24 * 3_600_000 }).optional().describe('As upstream.totalTimeout, for this route.'),
+      })
+      .optional()
+      .describe('Timeouts of this route. Default: upstream\'s.'),
+    retry: z.strictObject(retryFields).partial().optional().describe('Overrides of the top-level retry policy for this route.'),
+    maxBodySize: byteSize.optional().describe('As proxy.maxBodySize, for this route.'),
+  })
+  .describe('Sends matching requests to a pool.');
+
 export const configSchema = z
   .strictObject({
     proxy: z
@@ -163,37 +254,15 @@ export const configSchema = z
       })
       .prefault({})
       .describe('The listener.'),
-    backend: z.array(backendSchema).min(1, { message: 'at least one backend is required' }).describe('The upstream servers, in order.'),
+    backend: z.array(backendSchema).min(1, { message: 'at least one backend is required' }).optional().describe('The upstream servers of the seed format: the pool "default". Required unless pools are given.'),
+    pools: z.record(z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, { message: 'use letters, digits, ".", "_" or "-"' }), poolSchema).optional().describe('Named pools of backends.'),
+    routes: z.array(routeSchema).optional().describe('Routes, matched in order; the first match wins. Default: one catch-all route to the only pool.'),
     loadBalancer: z
       .strictObject({
-        hash: z
-          .strictObject({
-            key: z
-              .string()
-              .regex(/^(client-ip|path|(header|cookie|query):[A-Za-z0-9!#$%&'*+.^_`|~-]+)$/, { message: 'expected client-ip, path, header:NAME, cookie:NAME or query:NAME' })
-              .optional()
-              .describe('What the hash strategy hashes: client-ip, path, header:NAME, cookie:NAME or query:NAME. Required for "hash"; "ip-hash" always uses client-ip.'),
-            balanceFactor: z.number().min(1).max(100).optional().describe('Bounded load: no backend takes more than balanceFactor × the average in-flight load (e.g. 1.25). Default: unbounded.'),
-          })
-          .prefault({})
-          .describe('Options of the hash and ip-hash strategies.'),
-        sticky: z
-          .strictObject({
-            cookie: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, { message: 'expected a cookie name (token characters only)' }).describe('Cookie name, e.g. "pxy_srv".'),
-            secret: z.string().min(16).optional().describe('HMAC key for cookie values (at least 16 characters). Default: random per process, so cookies do not survive a restart or carry across instances.'),
-            maxAge: duration({ max: 10 * 365 * 24 * 3_600_000 }).optional().describe('Cookie Max-Age. Default: a session cookie.'),
-            path: z.string().prefault('/').describe('Cookie Path. Default "/".'),
-            domain: z.string().optional().describe('Cookie Domain. Default: none (host-only).'),
-            secure: z.boolean().prefault(false).describe('Add Secure. Default false.'),
-            httpOnly: z.boolean().prefault(true).describe('Add HttpOnly. Default true.'),
-            sameSite: z.enum(['Strict', 'Lax', 'None']).prefault('Lax').describe('SameSite attribute. Default "Lax".'),
-          })
-          .optional()
-          .describe('Sticky sessions on top of any strategy. Default: off.'),
+        hash: hashSchema.prefault({}),
+        sticky: stickySchema.optional(),
         slowStart: duration({ max: 3_600_000 }).prefault(0).describe('Default slow-start window for every backend (see backend slowStart). Default 0 (off).'),
-        strategy: z
-          .string()
-          .refine((name) => STRATEGY_NAMES.includes(name), { error: (iss) => `unknown ${JSON.stringify(iss.input)}; expected one of ${STRATEGY_NAMES.join(', ')}` })
+        strategy: strategyName
           .prefault('round-robin')
           .describe(`How a backend is chosen: ${STRATEGY_NAMES.join(', ')}. Default "round-robin".`),
       })
@@ -231,19 +300,10 @@ export const configSchema = z
       .describe('Passive health (Envoy-style outlier detection) from proxied traffic.'),
     retry: z
       .strictObject({
-        attempts: positiveInt(10).optional().describe('Most tries of one request, the first included, each on a different backend. Default: upstream.retries + 1 (3).'),
-        on: z
-          .array(z.enum(['connect-failure', 'reset', 'timeout', '5xx', 'gateway-error']))
-          .prefault(['connect-failure', 'reset'])
-          .describe('What is retried: connect-failure (refused, connect timeout, DNS: any method), and for `methods` only: reset (before any answer), timeout (no answer in time), 5xx, gateway-error (502/503/504). Default [connect-failure, reset].'),
-        methods: z
-          .array(z.string().regex(/^[A-Za-z]+$/).transform((m) => m.toUpperCase()))
-          .prefault(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
-          .describe('Methods that may be retried after the request reached a backend. Default: the idempotent ones.'),
-        bufferBody: byteSize
-          .prefault('64KiB')
-          .refine((n) => n <= 16 * 1024 * 1024, { message: 'must be at most 16MiB' })
-          .describe('A request body of a method in `methods` up to this size is kept while it streams, so that the request can still be retried after it reached a backend. 0 = bodies are never replayed. Default 64KiB.'),
+        attempts: retryFields.attempts.optional(),
+        on: retryFields.on.prefault(['connect-failure', 'reset']),
+        methods: retryFields.methods.prefault(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']),
+        bufferBody: retryFields.bufferBody.prefault('64KiB'),
         backoff: z
           .strictObject({
             base: duration({ max: 60_000 }).prefault(0).describe('First retry waits a random time up to base; each further one doubles it, up to max. Default 0 (retry at once: it goes to another backend).'),
@@ -325,32 +385,66 @@ export const configSchema = z
  */
 export function crossFieldIssues(raw: unknown): { path: (string | number)[]; message: string }[] {
   const issues: { path: (string | number)[]; message: string }[] = [];
-  const list = (raw as { backend?: unknown })?.backend;
-  if (!Array.isArray(list)) return issues;
-  const seen = new Map<string, number>();
-  list.forEach((b: { name?: unknown; url?: unknown; enabled?: unknown } | null, i) => {
-    const name = typeof b?.name === 'string' ? b.name : typeof b?.url === 'string' ? safeHostPort(b.url) : undefined;
-    if (name === undefined) return;
-    const first = seen.get(name);
-    if (first !== undefined) issues.push({ path: ['backend', i, typeof b?.name === 'string' ? 'name' : 'url'], message: `duplicate backend name "${name}" (also backend[${first}])` });
-    else seen.set(name, i);
-  });
-  if (list.length > 0 && list.every((b: { enabled?: unknown } | null) => b?.enabled === false)) {
-    issues.push({ path: ['backend'], message: 'every backend is disabled; enable at least one' });
+  const r = (raw ?? {}) as { backend?: unknown; pools?: unknown; routes?: unknown; loadBalancer?: { strategy?: unknown; hash?: { key?: unknown } } };
+  const lists: { path: (string | number)[]; list: unknown[]; pool: string; strategy: unknown; hashKey: unknown }[] = [];
+  const lbStrategy = r.loadBalancer?.strategy;
+  const lbKey = r.loadBalancer?.hash?.key;
+  if (Array.isArray(r.backend)) lists.push({ path: ['backend'], list: r.backend, pool: DEFAULT_POOL, strategy: lbStrategy, hashKey: lbKey });
+  const pools = r.pools !== null && typeof r.pools === 'object' && !Array.isArray(r.pools) ? (r.pools as Record<string, { backends?: unknown; strategy?: unknown; hash?: { key?: unknown } } | null>) : undefined;
+  if (r.backend === undefined && pools === undefined) issues.push({ path: [], message: 'no backends: give a "backend" list (the seed format) or "pools"' });
+  if (pools !== undefined) {
+    if (Array.isArray(r.backend) && pools[DEFAULT_POOL] !== undefined) issues.push({ path: ['pools', DEFAULT_POOL], message: `the "backend" list already is the pool "${DEFAULT_POOL}"; rename this pool` });
+    for (const [name, pool] of Object.entries(pools)) {
+      if (Array.isArray(pool?.backends)) lists.push({ path: ['pools', name, 'backends'], list: pool.backends, pool: name, strategy: pool.strategy ?? lbStrategy, hashKey: pool.hash?.key ?? lbKey });
+    }
   }
-  const enabled = list.filter((b: { enabled?: unknown } | null) => b?.enabled !== false);
-  if (enabled.length > 0 && enabled.every((b: { backup?: unknown } | null) => b?.backup === true)) {
-    issues.push({ path: ['backend'], message: 'every enabled backend is a backup; at least one must be a primary' });
+  const seen = new Map<string, string>();
+  for (const { path, list, pool, strategy, hashKey } of lists) {
+    list.forEach((b, i) => {
+      const e = b as { name?: unknown; url?: unknown } | null;
+      const name = typeof e?.name === 'string' ? e.name : typeof e?.url === 'string' ? safeHostPort(e.url) : undefined;
+      if (name === undefined) return;
+      const first = seen.get(name);
+      if (first !== undefined) issues.push({ path: [...path, i, typeof e?.name === 'string' ? 'name' : 'url'], message: `duplicate backend name "${name}" (also ${first})${pools !== undefined ? '; names are unique across pools' : ''}` });
+      else seen.set(name, `${formatPathForMessage(path)}[${i}]`);
+    });
+    const where = pool === DEFAULT_POOL && path[0] === 'backend' ? '' : ` in pool "${pool}"`;
+    if (list.length > 0 && list.every((b) => (b as { enabled?: unknown } | null)?.enabled === false)) issues.push({ path, message: `every backend${where} is disabled; enable at least one` });
+    const enabled = list.filter((b) => (b as { enabled?: unknown } | null)?.enabled !== false);
+    if (enabled.length > 0 && enabled.every((b) => (b as { backup?: unknown } | null)?.backup === true)) issues.push({ path, message: `every enabled backend${where} is a backup; at least one must be a primary` });
+    if (strategy === 'hash' && hashKey === undefined) {
+      issues.push({ path: path[0] === 'backend' ? ['loadBalancer', 'strategy'] : ['pools', pool, 'strategy'], message: 'strategy "hash" needs hash.key (client-ip, path, header:NAME, cookie:NAME or query:NAME)' });
+    }
   }
   const admin = (raw as { admin?: { enabled?: unknown; host?: unknown; token?: unknown } })?.admin;
   if (admin !== undefined && admin !== null && admin.enabled !== false && typeof admin.host === 'string' && !isLoopbackHost(admin.host) && admin.token === undefined && !process.env.PROXYMITY_ADMIN_TOKEN) {
     issues.push({ path: ['admin', 'host'], message: `the admin listener on "${admin.host}" is reachable beyond this machine: set admin.token (or $PROXYMITY_ADMIN_TOKEN), or bind it to 127.0.0.1` });
   }
-  const lb = (raw as { loadBalancer?: { strategy?: unknown; hash?: { key?: unknown } } })?.loadBalancer;
-  if (lb?.strategy === 'hash' && lb.hash?.key === undefined) {
-    issues.push({ path: ['loadBalancer', 'strategy'], message: 'strategy "hash" needs loadBalancer.hash.key (client-ip, path, header:NAME, cookie:NAME or query:NAME)' });
+  const poolNames = lists.map((l) => l.pool);
+  if (Array.isArray(r.routes)) {
+    r.routes.forEach((route, i) => {
+      const target = (route as { pool?: unknown } | null)?.pool;
+      if (typeof target === 'string' && !poolNames.includes(target)) {
+        const hint = poolNames.find((n) => n.toLowerCase() === target.toLowerCase()) ?? poolNames.find((n) => editDistance(n, target) <= 2);
+        issues.push({ path: ['routes', i, 'pool'], message: `no pool named "${target}"${hint ? `; did you mean "${hint}"?` : poolNames.length > 0 ? ` (pools: ${poolNames.join(', ')})` : ''}` });
+      }
+    });
+  } else if (poolNames.length > 1) {
+    issues.push({ path: ['routes'], message: `${poolNames.length} pools (${poolNames.join(', ')}) but no routes: add routes that say which requests go where` });
   }
   return issues;
+}
+
+function formatPathForMessage(path: readonly (string | number)[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
+}
+
+/** Levenshtein distance, for "did you mean" hints (short strings only). */
+export function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) for (let j = 1; j <= b.length; j++) d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+  return d[a.length][b.length];
 }
 
 /** 127.0.0.0/8, ::1 and "localhost": the admin listener needs no token there. */
@@ -371,8 +465,28 @@ export function hostPortOf(url: string): string {
   return u.port ? `${u.hostname}:${u.port}` : `${u.hostname}:${u.protocol === 'https:' ? 443 : 80}`;
 }
 
-/** The validated config as consumers see it (frozen, durations in ms, names filled in). */
-export type ProxymityConfig = DeepReadonly<Omit<z.output<typeof configSchema>, 'backend'> & { backend: BackendConfig[] }>;
+/** The pool the seed format's `backend` list becomes. */
+export const DEFAULT_POOL = 'default';
+
 export type BackendConfig = Omit<z.output<typeof backendSchema>, 'name'> & { name: string };
+type HealthCheckConfig = z.output<typeof configSchema>['healthCheck'];
+type LoadBalancerConfig = z.output<typeof configSchema>['loadBalancer'];
+
+/** A pool with every default filled in (the `backend` list is the pool "default"). */
+export interface PoolConfig {
+  name: string;
+  strategy: string;
+  hash: LoadBalancerConfig['hash'];
+  sticky: LoadBalancerConfig['sticky'];
+  slowStart: number;
+  healthCheck: HealthCheckConfig;
+  backends: BackendConfig[];
+}
+
+/** A route with its name filled in (no routes = one catch-all route to the only pool). */
+export type RouteConfig = Omit<z.output<typeof routeSchema>, 'name'> & { name: string };
+
+/** The validated config as consumers see it (frozen, durations in ms, names and defaults filled in). */
+export type ProxymityConfig = DeepReadonly<Omit<z.output<typeof configSchema>, 'backend' | 'pools' | 'routes'> & { backend: BackendConfig[]; pools: Record<string, PoolConfig>; routes: RouteConfig[] }>;
 
 type DeepReadonly<T> = T extends (infer U)[] ? readonly DeepReadonly<U>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;

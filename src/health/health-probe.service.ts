@@ -29,16 +29,26 @@ export class HealthProbeService implements OnApplicationShutdown {
   private readonly running = new Set<Backend>();
   /** When each backend's last probe finished, and the jitter drawn for its next one. */
   private readonly last = new Map<Backend, { at: number; jitter: number }>();
-  private readonly matchers = new Map<Backend, BodyMatcher>();
+  /** expectBody compiled once per text (checks can change on reload). */
+  private readonly matchers = new Map<string, BodyMatcher>();
 
-  constructor(private readonly registry: BackendRegistry) {
-    for (const b of registry.all) if (b.check.expectBody !== undefined) this.matchers.set(b, bodyMatcher(b.check.expectBody));
+  constructor(private readonly registry: BackendRegistry) {}
+
+  private matcherFor(expectBody: string | undefined): BodyMatcher | undefined {
+    if (expectBody === undefined) return undefined;
+    let m = this.matchers.get(expectBody);
+    if (m === undefined) {
+      m = bodyMatcher(expectBody);
+      this.matchers.set(expectBody, m);
+    }
+    return m;
   }
 
   @Cron(CronExpression.EVERY_SECOND, { name: 'backend-probe', waitForCompletion: true })
   tick(): void {
     try {
       const now = Date.now();
+      this.registry.closeIdleRetired();
       for (const b of this.registry.all) {
         if (!b.enabled) continue;
         this.registry.releaseExpiredEjection(b, now);
@@ -68,7 +78,7 @@ export class HealthProbeService implements OnApplicationShutdown {
     let ok = false;
     let detail: string;
     try {
-      const matcher = this.matchers.get(b);
+      const matcher = this.matcherFor(c.expectBody);
       const { status, body } = await this.request(b, matcher !== undefined);
       const statusOk = c.expectStatus.some(([lo, hi]) => status >= lo && status <= hi);
       ok = statusOk && (matcher === undefined || matcher(body));

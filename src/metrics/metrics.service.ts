@@ -48,14 +48,14 @@ export class MetricsService implements OnApplicationBootstrap {
   private readonly retries = new BoundCounter(`${METRIC_PREFIX}retries_total`, 'Requests sent again to another backend (or, stale_connection, on a fresh connection) by reason.', ['reason'] as const);
   private readonly errors = new BoundCounter(`${METRIC_PREFIX}proxy_errors_total`, 'Requests the proxy answered (or cut) because of an error, by RFC 9209 error type.', ['error'] as const);
 
-  /** requests_total series per backend slot (index backends.length: no backend), keyed method * 1000 + status. */
-  private readonly requestSlots: Map<number, number>[];
+  /** requests_total series per backend slot, keyed method * 1000 + status; `noBackendSlots` for requests no backend served. */
+  private readonly requestSlots: Map<number, number>[] = [];
+  private readonly noBackendSlots = new Map<number, number>();
   /** request_duration_seconds series, index method * 5 + status class. */
   private readonly durationSlots: number[] = [];
-  private readonly headerSlots: number[];
+  private readonly headerSlots: number[] = [];
   private readonly retrySlots: Record<RetryReason, number>;
   private readonly errorSlots = new Map<string, number>();
-  private readonly backends: readonly Backend[];
   private inFlight: () => number = () => 0;
 
   constructor(
@@ -64,9 +64,6 @@ export class MetricsService implements OnApplicationBootstrap {
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.enabled = cfg.metrics.enabled;
-    this.backends = backendRegistry.all;
-    this.requestSlots = Array.from({ length: this.backends.length + 1 }, () => new Map<number, number>());
-    this.headerSlots = this.backends.map((b) => this.header.bind({ backend: b.id }));
     for (const method of METHODS) for (const cls of CODE_CLASSES) this.durationSlots.push(this.duration.bind({ method, code_class: cls }));
     this.retrySlots = {
       connect_failure: this.retries.bind({ reason: 'connect_failure' }),
@@ -75,11 +72,15 @@ export class MetricsService implements OnApplicationBootstrap {
       status: this.retries.bind({ reason: 'status' }),
       stale_connection: this.retries.bind({ reason: 'stale_connection' }),
     };
-    if (!this.enabled) return;
-    for (const b of this.backends) {
+    // Every backend, now and after reloads, gets its series bound once, by its slot.
+    backendRegistry.onBackendAdded((b) => {
+      this.requestSlots[b.slot] = new Map<number, number>();
+      this.headerSlots[b.slot] = this.header.bind({ backend: b.id });
+      if (!this.enabled) return;
       const slot = this.connect.bind({ backend: b.id });
       (b.agent as ConnectObserved).onConnect = (ms) => this.connect.observe(slot, ms / 1000);
-    }
+    });
+    if (!this.enabled) return;
     for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
     if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
@@ -113,7 +114,7 @@ export class MetricsService implements OnApplicationBootstrap {
   /** One finished request: `status` is what the client got (499 when it closed first). */
   recordRequest(backend: Backend | undefined, method: string | undefined, status: number, seconds: number): void {
     const m = (method !== undefined ? METHOD_INDEX.get(method) : undefined) ?? OTHER;
-    const slots = this.requestSlots[backend === undefined ? this.backends.length : backend.slot];
+    const slots = backend === undefined ? this.noBackendSlots : this.requestSlots[backend.slot];
     const key = m * 1000 + status;
     let slot = slots.get(key);
     if (slot === undefined) {
@@ -155,7 +156,7 @@ export class MetricsService implements OnApplicationBootstrap {
   }
 
   private registerStateGauges(): void {
-    const backends = this.backends;
+    const registry = this.backendRegistry;
     const registers = [this.registry];
     const engineInFlight = () => this.inFlight();
     new Gauge({
@@ -172,7 +173,8 @@ export class MetricsService implements OnApplicationBootstrap {
       labelNames: ['backend'],
       registers,
       collect() {
-        for (const b of backends) this.set({ backend: b.id }, b.inFlight);
+        this.reset();
+        for (const b of registry.all) this.set({ backend: b.id }, b.inFlight);
       },
     });
     new Gauge({
@@ -181,7 +183,8 @@ export class MetricsService implements OnApplicationBootstrap {
       labelNames: ['backend'],
       registers,
       collect() {
-        for (const b of backends) this.set({ backend: b.id }, b.enabled && b.healthy ? 1 : 0);
+        this.reset();
+        for (const b of registry.all) this.set({ backend: b.id }, b.enabled && b.healthy ? 1 : 0);
       },
     });
     new Counter({
@@ -191,7 +194,7 @@ export class MetricsService implements OnApplicationBootstrap {
       registers,
       collect() {
         this.reset();
-        for (const b of backends) {
+        for (const b of registry.all) {
           this.inc({ backend: b.id, result: 'pass' }, b.probesPassed);
           this.inc({ backend: b.id, result: 'fail' }, b.probesFailed);
         }
@@ -204,7 +207,7 @@ export class MetricsService implements OnApplicationBootstrap {
       registers,
       collect() {
         this.reset();
-        for (const b of backends) for (const [reason, n] of b.ejectionsByReason) this.inc({ backend: b.id, reason }, n);
+        for (const b of registry.all) for (const [reason, n] of b.ejectionsByReason) this.inc({ backend: b.id, reason }, n);
       },
     });
   }

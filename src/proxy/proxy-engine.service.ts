@@ -23,16 +23,16 @@
  */
 import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { Injectable, Logger } from '@nestjs/common';
 import httpProxy from 'http-proxy';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
 import type { ConnectTimed } from '../backend/upstream-agent.js';
-import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
-import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
 import { AccessLogService } from '../logging/access-log.service.js';
 import { MetricsService, type RetryReason } from '../metrics/metrics.service.js';
+import type { Route } from '../routing/route.js';
+import { applyResponseOps } from '../routing/route.js';
 import { buildResponseHeaders } from './hop-headers.js';
 import {
   classifyUpstreamError,
@@ -105,6 +105,8 @@ class Exchange {
     readonly requestId: string,
     /** No request body: the request can be replayed on another backend. */
     readonly bodyless: boolean,
+    /** The route it matched: pool, retry policy, timeouts, limits (of the config it started with). */
+    readonly route: Route,
   ) {
     this.writtenBefore = req.socket.bytesWritten;
   }
@@ -117,33 +119,18 @@ export class ProxyEngine {
   inFlight = 0;
   /** Set while shutting down: responses carry `Connection: close`. */
   draining = false;
-  /** Most tries per request (retry.attempts). */
-  private readonly maxAttempts: number;
-  private readonly retry: ProxymityConfig['retry'];
-  private readonly retryMethods: ReadonlySet<string>;
-  private readonly retryStatus: (status: number) => boolean;
   /** Exchanges currently on a retry (the retry budget's numerator). */
   retriesInFlight = 0;
-  private readonly sticky: boolean;
-  private readonly consider5xx: boolean;
-  /** proxy.maxBodySize (0 = no limit); chunked uploads are counted against it as they stream. */
-  readonly maxBodySize: number;
-  /** upstream.headerTimeout when it is set and shorter than the idle timeout, else 0. */
-  readonly headerTimeoutMs: number;
-  readonly totalTimeoutMs: number;
   /** Set when metrics are on: the data plane records into it. */
   private readonly metrics: MetricsService | undefined;
   /** Set when access logs are on; otherwise no record is built. */
   private readonly accessLog: AccessLogService | undefined;
   /** Request bodies are counted for the access log (bytes_in). */
   readonly countBodies: boolean;
-  /** retry.bufferBody: largest body kept for a replay (0 = none). */
-  readonly replayLimit: number;
 
   constructor(
     private readonly registry: BackendRegistry,
     private readonly lb: LoadBalancerService,
-    @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
     metrics: MetricsService,
     accessLog: AccessLogService,
   ) {
@@ -151,33 +138,20 @@ export class ProxyEngine {
     metrics.readInFlightFrom(() => this.inFlight);
     this.accessLog = accessLog.enabled ? accessLog : undefined;
     this.countBodies = accessLog.enabled;
-    this.retry = cfg.retry;
-    this.maxAttempts = cfg.retry.attempts ?? cfg.upstream.retries + 1;
-    this.retryMethods = new Set(cfg.retry.methods);
-    this.replayLimit = cfg.retry.bufferBody;
-    const on5xx = cfg.retry.on.includes('5xx');
-    const onGateway = cfg.retry.on.includes('gateway-error');
-    this.retryStatus = (status) => (on5xx && status >= 500) || (onGateway && (status === 502 || status === 503 || status === 504));
-    this.sticky = cfg.loadBalancer.sticky !== undefined;
-    this.consider5xx = cfg.outlierDetection.consider5xx;
-    this.maxBodySize = cfg.proxy.maxBodySize;
-    const header = cfg.upstream.headerTimeout;
-    // Longer than the idle timeout, a header timeout could never fire first: skip its timer.
-    this.headerTimeoutMs = header !== undefined && header < cfg.upstream.timeout ? header : 0;
-    this.totalTimeoutMs = cfg.upstream.totalTimeout;
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
-  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string): void {
-    const ex = new Exchange(this, req, res, requestId, isBodyless(req));
+  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string, route: Route): void {
+    const ex = new Exchange(this, req, res, requestId, isBodyless(req), route);
     (res as WithExchange<ServerResponse>)[kExchange] = ex;
-    if (!ex.bodyless && this.replayLimit > 0 && this.retryMethods.has(req.method as string) && req.headers.trailer === undefined) {
+    const retry = route.retry;
+    if (!ex.bodyless && retry.bufferBody > 0 && retry.methods.has(req.method as string) && req.headers.trailer === undefined) {
       const cl = req.headers['content-length'];
-      if (cl === undefined || Number(cl) <= this.replayLimit) ex.replay = [];
+      if (cl === undefined || Number(cl) <= retry.bufferBody) ex.replay = [];
     }
     res.once('close', onClientClose);
     this.inFlight++;
-    if (this.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, this.totalTimeoutMs, ex);
+    if (route.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, route.totalTimeoutMs, ex);
     this.attempt(ex, backend);
   }
 
@@ -281,17 +255,17 @@ export class ProxyEngine {
       this.metrics?.recordRetry('stale_connection');
       return failed;
     }
-    if (ex.attempts >= this.maxAttempts) return undefined;
-    const on = this.retry.on;
+    const policy = ex.route.retry;
+    if (ex.attempts >= policy.attempts) return undefined;
     const allowed =
-      code === 'status' ? this.retryMethods.has(method)
-      : isNotSent(code) ? on.includes('connect-failure')
-      : code === 'connection_terminated' ? on.includes('reset') && this.retryMethods.has(method)
-      : code === 'http_response_timeout' ? on.includes('timeout') && this.retryMethods.has(method)
+      code === 'status' ? policy.methods.has(method)
+      : isNotSent(code) ? policy.onConnectFailure
+      : code === 'connection_terminated' ? policy.onReset && policy.methods.has(method)
+      : code === 'http_response_timeout' ? policy.onTimeout && policy.methods.has(method)
       : false;
     if (!allowed) return undefined;
     if (!ex.retrying) {
-      const budget = Math.max(this.retry.budget.minRetries, Math.floor((this.retry.budget.percent / 100) * this.inFlight));
+      const budget = Math.max(policy.budget.minRetries, Math.floor((policy.budget.percent / 100) * this.inFlight));
       if (this.retriesInFlight >= budget) {
         this.logger.debug(`not retrying ${method} ${ex.req.url}: retry budget (${budget}) spent [request ${ex.requestId}]`);
         return undefined;
@@ -300,14 +274,14 @@ export class ProxyEngine {
       this.retriesInFlight++;
     }
     (ex.tried ??= []).push(failed);
-    const next = this.lb.pickExcluding(ex.req, ex.tried);
+    const next = this.lb.pickExcluding(ex.route.pool, ex.req, ex.tried);
     if (next !== undefined) this.metrics?.recordRetry(retryReason(code));
     return next;
   }
 
   /** Starts the next try, after the backoff when one is configured. */
   private retryOn(ex: Exchange, next: Backend): void {
-    const { base, max } = this.retry.backoff;
+    const { base, max } = ex.route.retry.backoff;
     if (base === 0) return this.attempt(ex, next);
     const delay = Math.floor(Math.random() * Math.min(max, base * 2 ** (ex.attempts - 1)));
     setTimeout(() => {
@@ -333,9 +307,10 @@ export class ProxyEngine {
     if (backend !== undefined) {
       this.metrics?.recordResponseHeaders(backend, ex.headerMs / 1000);
       const status = pres.statusCode ?? 0;
-      if (this.consider5xx && status >= 500) this.registry.reportPassiveFailure(backend, "http_5xx", `HTTP ${status}`);
+      if (status >= 500 && this.registry.consider5xx) this.registry.reportPassiveFailure(backend, 'http_5xx', `HTTP ${status}`);
       else if (backend.passiveFailures !== 0) this.registry.reportSuccess(backend);
-      if (this.retryStatus(status)) {
+      const policy = ex.route.retry;
+      if ((policy.on5xx && status >= 500) || (policy.onGatewayError && (status === 502 || status === 503 || status === 504))) {
         const next = this.retryTarget(ex, backend, 'status', false);
         if (next !== undefined) {
           // Nothing has been written to the client yet: drop this answer and try elsewhere.
@@ -352,9 +327,11 @@ export class ProxyEngine {
     // This answer goes to the client: the request will not be sent again.
     ex.replay = undefined;
     try {
-      const headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
-      if (this.sticky && ex.backend !== undefined) {
-        const cookie = this.lb.stickyCookie(ex.req, ex.backend);
+      let headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
+      const route = ex.route;
+      if (route.responseHeaders !== undefined) headers = applyResponseOps(headers, route.responseHeaders);
+      if (route.pool.sticky !== undefined && backend !== undefined) {
+        const cookie = this.lb.stickyCookie(route.pool, ex.req, backend);
         if (cookie !== undefined) headers.push('set-cookie', cookie);
       }
       res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
@@ -387,7 +364,7 @@ export class ProxyEngine {
     }
     ex.error = 'request_too_large';
     ex.termination = PROXY_ERRORS.request_too_large.termination;
-    this.logger.warn(`${ex.req.method} ${ex.req.url} -> 413 request_too_large: body passed ${this.maxBodySize} bytes [request ${ex.requestId}]`);
+    this.logger.warn(`${ex.req.method} ${ex.req.url} -> 413 request_too_large: body passed ${ex.route.maxBodySize} bytes [request ${ex.requestId}]`);
     writeError(ex.res, 'request_too_large', ex.requestId);
   }
 
@@ -497,7 +474,7 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
   up.on('response', onUpstreamResponse);
   up.on('error', onUpstreamError);
   up.on('timeout', onUpstreamTimeout);
-  const headerMs = ex.engine.headerTimeoutMs;
+  const headerMs = ex.route.headerTimeoutMs;
   if (headerMs > 0) {
     if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
     ex.headerTimer = setTimeout(onHeaderTimeout, headerMs, ex, up);
@@ -528,7 +505,7 @@ function startBody(ex: Exchange, up: ClientRequest): void {
     (req as WithExchange<IncomingMessage>)[kExchange] = ex;
     // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted,
     // and every body is when the access log reports bytes_in or it is kept for a replay.
-    if (ex.replay !== undefined || ex.engine.countBodies || (ex.engine.maxBodySize > 0 && req.headers['content-length'] === undefined)) req.on('data', onRequestData);
+    if (ex.replay !== undefined || ex.engine.countBodies || (ex.route.maxBodySize > 0 && req.headers['content-length'] === undefined)) req.on('data', onRequestData);
   } else if (ex.replay !== undefined) {
     // A retry: first what earlier tries were sent, then the rest as it arrives.
     for (const chunk of ex.replay) up.write(chunk);
@@ -565,10 +542,10 @@ function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void
   ex.bodyBytes += chunk.length;
   const replay = ex.replay;
   if (replay !== undefined) {
-    if (ex.bodyBytes <= ex.engine.replayLimit) replay.push(chunk);
+    if (ex.bodyBytes <= ex.route.retry.bufferBody) replay.push(chunk);
     else ex.replay = undefined; // larger than retry.bufferBody: streamed only, never replayed
   }
-  const max = ex.engine.maxBodySize;
+  const max = ex.route.maxBodySize;
   if (max > 0 && ex.bodyBytes > max && ex.upstream !== undefined && this.headers['content-length'] === undefined) ex.engine.onBodyTooLarge(ex);
 }
 

@@ -5,6 +5,8 @@
  * `termination` is the access log's name for how such a request ended.
  */
 export const PROXY_ERRORS = {
+  /** No route matches the request. */
+  destination_not_found: { status: 404, termination: 'no_route', text: 'no route matches this request' },
   /** No eligible backend (all unhealthy or disabled). */
   destination_unavailable: { status: 503, termination: 'no_healthy_backend', text: 'no backend is available (all unhealthy, disabled or at their connection limit)' },
   connection_refused: { status: 502, termination: 'upstream_connect_failure', text: 'the backend refused the connection' },
@@ -87,7 +89,7 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
   return 'proxy_internal_error';
 }
 
-const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Precomputed error bodies: `502 Bad Gateway: the backend refused the connection (connection_refused)`. */
 export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(

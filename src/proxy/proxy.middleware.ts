@@ -11,6 +11,8 @@ import { Inject, Injectable, type NestMiddleware } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
+import { applyRequestOps } from '../routing/route.js';
+import { RoutingService } from '../routing/routing.service.js';
 import { BlockList, isIP } from 'node:net';
 import { prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
 import { ProxyEngine } from './proxy-engine.service.js';
@@ -23,17 +25,16 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
   private readonly ownPath: string;
   private readonly policy: HeaderPolicy;
   private readonly maxUrlLength: number;
-  private readonly maxBodySize: number;
 
   constructor(
     private readonly lb: LoadBalancerService,
+    private readonly routing: RoutingService,
     private readonly engine: ProxyEngine,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.ownPath = cfg.proxy.healthPath;
     this.policy = { trusted: buildBlockList(cfg.proxy.trustedProxies), forwarded: cfg.proxy.forwarded };
     this.maxUrlLength = cfg.proxy.maxUrlLength;
-    this.maxBodySize = cfg.proxy.maxBodySize;
   }
 
   /** Nest's middleware contract; the server binding calls `handle` directly. */
@@ -56,17 +57,31 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
       this.engine.reject(req, res, 'http_request_error', requestId);
       return true;
     }
-    if (this.maxBodySize > 0) {
+    // Matched on the request as received (after an absolute-form target became origin-form).
+    const route = this.routing.table.match(req);
+    if (route === undefined) {
+      this.engine.reject(req, res, 'destination_not_found', requestId);
+      return true;
+    }
+    const maxBody = route.maxBodySize;
+    if (maxBody > 0) {
       const cl = req.headers['content-length'];
-      if (cl !== undefined && Number(cl) > this.maxBodySize) {
+      if (cl !== undefined && Number(cl) > maxBody) {
         this.engine.reject(req, res, 'request_too_large', requestId);
         return true;
       }
     }
     if (this.engine.draining) res.shouldKeepAlive = false;
-    const backend = this.lb.pick(req);
-    if (backend === undefined) this.engine.reject(req, res, 'destination_unavailable', requestId);
-    else this.engine.forward(req, res, backend, requestId);
+    const backend = this.lb.pick(route.pool, req);
+    if (backend === undefined) {
+      this.engine.reject(req, res, 'destination_unavailable', requestId);
+      return true;
+    }
+    if (route.rewrites) req.url = route.rewrite(req.url as string);
+    if (route.requestHeaders !== undefined) applyRequestOps(req.headers, route.requestHeaders);
+    const hostHeader = route.hostHeader;
+    if (hostHeader !== 'client') req.headers.host = hostHeader === 'backend' ? backend.url.host : hostHeader;
+    this.engine.forward(req, res, backend, requestId, route);
     return true;
   }
 }

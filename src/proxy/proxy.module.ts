@@ -3,12 +3,13 @@ import { BackendModule } from '../backend/backend.module.js';
 import { LoadBalancerModule } from '../load-balancer/load-balancer.module.js';
 import { LoggingModule } from '../logging/logging.module.js';
 import { MetricsModule } from '../metrics/metrics.module.js';
+import { RoutingModule } from '../routing/routing.module.js';
 import { ProxyEngine } from './proxy-engine.service.js';
 import { ProxyServerBinding } from './proxy-server.binding.js';
 import { ProxyMiddleware } from './proxy.middleware.js';
 
 @Module({
-  imports: [BackendModule, LoadBalancerModule, MetricsModule, LoggingModule],
+  imports: [BackendModule, LoadBalancerModule, RoutingModule, MetricsModule, LoggingModule],
   providers: [ProxyEngine, ProxyMiddleware, ProxyServerBinding],
   exports: [ProxyEngine, ProxyMiddleware],
 })

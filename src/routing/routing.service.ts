@@ -1,0 +1,28 @@
+/**
+ * Holds the active route table. The data plane reads `table` once per request; a reload
+ * replaces it in one assignment, so requests in flight finish with the routes (and pools and
+ * policies) they started with.
+ */
+import { Inject, Injectable } from '@nestjs/common';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
+import { RouteTable } from './route-table.js';
+
+@Injectable()
+export class RoutingService {
+  table: RouteTable;
+
+  constructor(
+    private readonly lb: LoadBalancerService,
+    @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
+  ) {
+    this.table = new RouteTable(cfg, lb.pools);
+  }
+
+  /** Builds the table of `cfg` over the load balancer's current pools and makes it active. */
+  build(cfg: ProxymityConfig): RouteTable {
+    this.table = new RouteTable(cfg, this.lb.pools);
+    return this.table;
+  }
+}
