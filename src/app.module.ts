@@ -7,13 +7,15 @@ import { LoadBalancerModule } from './load-balancer/index.js';
 import { LoggingModule } from './logging/index.js';
 import { MetricsModule } from './metrics/index.js';
 import { ProxyModule } from './proxy/index.js';
+import { ReloadModule } from './reload/index.js';
 
 @Module({})
 export class AppModule {
-  static forRoot(config: ProxymityConfig): DynamicModule {
+  /** `file`: where the config was read from (enables reloading it); undefined for an in-memory config. */
+  static forRoot(config: ProxymityConfig, file?: string): DynamicModule {
     return {
       module: AppModule,
-      imports: [ConfigModule.forRoot(config), BackendModule, LoadBalancerModule, ProxyModule, HealthModule.forRoot(config.proxy.healthPath), MetricsModule, LoggingModule, AdminModule],
+      imports: [ConfigModule.forRoot(config, file), BackendModule, LoadBalancerModule, ProxyModule, HealthModule.forRoot(config.proxy.healthPath), MetricsModule, LoggingModule, ReloadModule, AdminModule],
     };
   }
 }

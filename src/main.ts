@@ -6,22 +6,31 @@
  */
 import { Logger, type LogLevel } from '@nestjs/common';
 import { AdminListenError } from './admin/index.js';
-import { ConfigError, loadConfigFile, resolveConfigPath } from './config/index.js';
+import { ConfigError, configJsonSchema, configVersion, diffConfigs, loadConfigFile, redactSecrets, resolveConfigPath, summarize, type ProxymityConfig } from './config/index.js';
 import { AppLogger, LOG_LEVELS as LEVELS, type LogFormat } from './logging/index.js';
 import { startProxymity } from './proxymity.js';
 
 const FORMATS: readonly string[] = ['auto', 'json', 'pretty'];
 const USAGE = `Usage: proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]
+       proxymity validate [--config FILE] [--diff [--admin URL] [--token TOKEN]]
+       proxymity schema
 
   --config, -c FILE    config file (default: $PROXYMITY_CONFIG, else ./config.yaml)
   --log-level LEVEL    one of ${LEVELS.join(', ')} (default: log, or $PROXYMITY_LOG_LEVEL)
   --log-format FORMAT  application logs: auto (pretty on a terminal, else JSON), json or pretty
                        (default: auto, or $PROXYMITY_LOG_FORMAT)
   --help, -h           this text
+
+  validate             check the config and print a summary of it (exit 0), or the problems (exit 1)
+    --diff             also show what would change against the config a running instance has
+                       loaded (read from its admin listener)
+    --admin URL        that instance's admin listener (default: from the config's admin block)
+    --token TOKEN      its admin token (default: admin.token, else $PROXYMITY_ADMIN_TOKEN)
+  schema               print the JSON Schema of the config file (config.schema.json)
 `;
 
-const FLAGS_WITH_VALUE = new Set(['--config', '-c', '--log-level', '--log-format']);
-const FLAGS = new Set(['--help', '-h']);
+const FLAGS_WITH_VALUE = new Set(['--config', '-c', '--log-level', '--log-format', '--admin', '--token']);
+const FLAGS = new Set(['--help', '-h', '--diff']);
 
 /** The first argument that is not a known flag (or a known flag's value), if any. */
 function unknownArgument(argv: string[]): string | undefined {
@@ -43,8 +52,15 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(USAGE);
     return;
   }
-  const unknown = unknownArgument(argv);
+  const command = argv[0] === 'validate' || argv[0] === 'schema' ? argv[0] : undefined;
+  const args = command === undefined ? argv : argv.slice(1);
+  const unknown = unknownArgument(args);
   if (unknown !== undefined) return fail(`unknown argument "${unknown}"\n\n${USAGE}`, 2);
+  if (command === 'schema') {
+    process.stdout.write(configJsonSchema());
+    return;
+  }
+  if (command === 'validate') return validate(args);
   const level = (flagValue(argv, '--log-level') ?? process.env.PROXYMITY_LOG_LEVEL ?? 'log') as LogLevel;
   if (!LEVELS.includes(level)) return fail(`--log-level: unknown "${level}"; expected one of ${LEVELS.join(', ')}`, 2);
   const format = flagValue(argv, '--log-format') ?? process.env.PROXYMITY_LOG_FORMAT ?? 'auto';
@@ -53,8 +69,10 @@ async function main(argv: string[]): Promise<void> {
   Logger.overrideLogger(appLogger);
 
   let config;
+  let configFile: string;
   try {
-    config = loadConfigFile(resolveConfigPath(argv, process.env));
+    configFile = resolveConfigPath(argv, process.env);
+    config = loadConfigFile(configFile);
   } catch (err) {
     if (err instanceof ConfigError) return fail(err.message, 2);
     throw err;
@@ -63,7 +81,7 @@ async function main(argv: string[]): Promise<void> {
   const logger = new Logger('Proxymity');
   let proxy;
   try {
-    proxy = await startProxymity(config, { logger: appLogger });
+    proxy = await startProxymity(config, { logger: appLogger, configFile });
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { syscall?: string; path?: string };
     if (e instanceof AdminListenError) return fail(e.message, 1);
@@ -98,6 +116,33 @@ async function main(argv: string[]): Promise<void> {
   // its hooks (exit status 143 instead of 0) and ignores a second signal.
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+}
+
+/** `proxymity validate`: exit 0 with a summary (and a diff), or 1 with the problems. */
+async function validate(argv: string[]): Promise<void> {
+  let file: string;
+  let config: ProxymityConfig;
+  try {
+    file = resolveConfigPath(argv, process.env);
+    config = loadConfigFile(file);
+  } catch (err) {
+    if (err instanceof ConfigError) return fail(err.message, 1);
+    throw err;
+  }
+  process.stdout.write(`${summarize(config, file, configVersion(config))}\n`);
+  if (!argv.includes('--diff')) return;
+  const admin = flagValue(argv, '--admin') ?? `http://${config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host}:${config.admin.port}`;
+  const token = flagValue(argv, '--token') ?? config.admin.token ?? process.env.PROXYMITY_ADMIN_TOKEN;
+  let running: { version: string; config: ProxymityConfig };
+  try {
+    const res = await fetch(`${admin.replace(/\/$/, '')}/config`, { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(5000) });
+    if (!res.ok) return fail(`--diff: GET ${admin}/config answered ${res.status}${res.status === 401 ? ' (give --token)' : ''}`, 1);
+    running = (await res.json()) as { version: string; config: ProxymityConfig };
+  } catch (err) {
+    return fail(`--diff: cannot reach the running instance at ${admin}: ${(err as Error).message}`, 1);
+  }
+  const lines = diffConfigs(running.config, redactSecrets(config));
+  process.stdout.write(`\ndiff against the running config (version ${running.version}):\n${lines.length === 0 ? '  no changes\n' : `${lines.map((l) => `  ${l}`).join('\n')}\n`}`);
 }
 
 function flagValue(argv: string[], flag: string): string | undefined {

@@ -26,11 +26,13 @@ export interface RunningProxymity {
 
 export interface StartOptions {
   logger?: LoggerService | LogLevel[] | false;
+  /** The file the config was read from: it is watched and re-read on SIGHUP and POST /config/reload. */
+  configFile?: string;
 }
 
 export async function startProxymity(config: ProxymityConfig, opts: StartOptions = {}): Promise<RunningProxymity> {
   const adapter = new ProxyHttpAdapter({ maxHeaderSize: config.proxy.maxHeaderSize });
-  const app = await NestFactory.create(AppModule.forRoot(config), adapter, {
+  const app = await NestFactory.create(AppModule.forRoot(config, opts.configFile), adapter, {
     // A body parser would consume or rewrite the stream the proxy must forward (nestjs/nest#9348).
     bodyParser: false,
     abortOnError: false,

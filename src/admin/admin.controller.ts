@@ -1,30 +1,29 @@
-import { createHash } from 'node:crypto';
-import { Controller, Get, Inject, UseGuards } from '@nestjs/common';
+import { Controller, ForbiddenException, Get, HttpCode, Inject, Post, UnprocessableEntityException, UseGuards } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import { describeBackendInDetail } from '../backend/backend-state.js';
+import { ConfigStore } from '../config/config-store.js';
+import { redactSecrets } from '../config/config-summary.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { ProxyEngine } from '../proxy/proxy-engine.service.js';
-import { AdminTokenGuard } from './admin-token.guard.js';
+import { ReloadService, type ReloadResult } from '../reload/reload.service.js';
+import { adminToken, AdminTokenGuard } from './admin-token.guard.js';
 
-const SECRET = '[REDACTED]';
 
 /** State endpoints of the admin listener (token-protected when a token is set). */
 @Controller()
 @UseGuards(AdminTokenGuard)
 export class AdminController {
-  private readonly version: string;
-  private readonly loadedAt = new Date().toISOString();
-  private readonly shown: unknown;
+  private readonly reloadAllowed: boolean;
 
   constructor(
     private readonly registry: BackendRegistry,
     private readonly engine: ProxyEngine,
+    private readonly store: ConfigStore,
+    private readonly reloader: ReloadService,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
-    const json = JSON.stringify(cfg);
-    this.version = createHash('sha256').update(json).digest('hex').slice(0, 16);
-    this.shown = JSON.parse(json, (key, value) => ((key === 'token' || key === 'secret') && typeof value === 'string' ? SECRET : value));
+    this.reloadAllowed = adminToken(cfg) !== undefined;
   }
 
   /** Health state, counters and the last probe results of every backend. */
@@ -42,6 +41,16 @@ export class AdminController {
   /** The effective config (defaults filled in, durations in ms, secrets redacted) and its version. */
   @Get('config')
   config() {
-    return { version: this.version, loadedAt: this.loadedAt, config: this.shown };
+    return { version: this.store.version, loadedAt: this.store.loadedAt.toISOString(), file: this.store.file ?? null, config: redactSecrets(this.store.current) };
+  }
+
+  /** Reads the config file again and applies it (200 applied or unchanged, 422 refused). Needs the admin token. */
+  @Post('config/reload')
+  @HttpCode(200)
+  async reload(): Promise<ReloadResult> {
+    if (!this.reloadAllowed) throw new ForbiddenException('POST /config/reload needs an admin token: set admin.token or $PROXYMITY_ADMIN_TOKEN');
+    const result = await this.reloader.reloadFromFile('admin endpoint');
+    if (result.result === 'failure') throw new UnprocessableEntityException(result);
+    return result;
   }
 }

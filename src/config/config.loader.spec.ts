@@ -171,3 +171,28 @@ describe('parseConfig: health check options', () => {
     assert.match(problems(`${SEED}\nhealthCheck: {expectBody: "/ok/g"}\n`), /healthCheck\.expectBody: invalid regular expression/);
   });
 });
+
+describe('parseConfig: environment variables', () => {
+  const env = { PORT: '9090', HOST: '10.0.0.5', EMPTY: '' };
+  it('replaces ${NAME} and ${NAME:-default} in values, typed when a value is one reference', () => {
+    const cfg = parseConfig('proxy:\n  port: ${PORT}\n  host: "${HOST}"\nbackend:\n  - url: "http://${HOST}:${BPORT:-8081}/api"\n    weight: ${W:-3}\n    enabled: ${ON:-true}\n', 'env.yaml', env);
+    assert.equal(cfg.proxy.port, 9090);
+    assert.equal(cfg.proxy.host, '10.0.0.5');
+    assert.equal(cfg.backend[0].url, 'http://10.0.0.5:8081/api');
+    assert.equal(cfg.backend[0].weight, 3);
+    assert.equal(cfg.backend[0].enabled, true);
+  });
+
+  it('names every unset variable with its position and key path, and treats empty as unset', () => {
+    assert.throws(
+      () => parseConfig('backend:\n  - url: "http://${NOPE}:${EMPTY}"\n', 'env.yaml', env),
+      (err: ConfigError) =>
+        /env\.yaml:2:10 {2}backend\[0\]\.url: environment variable NOPE is not set \(write \$\{NOPE:-default\} to give a default\)/.test(err.message) && /EMPTY is not set/.test(err.message),
+    );
+  });
+
+  it('keeps $${ as a literal ${ and never touches keys', () => {
+    const cfg = parseConfig('backend:\n  - url: "http://127.0.0.1:1"\n    healthCheck: {headers: {x-tpl: "$${KEEP}"}}\n', 'env.yaml', env);
+    assert.equal(cfg.backend[0].healthCheck?.headers?.['x-tpl'], '${KEEP}');
+  });
+});

@@ -3,10 +3,10 @@
  * may be slow, fails loudly with every problem at once, each with file:line:col and YAML path.
  */
 import { readFileSync } from 'node:fs';
-import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
+import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from './config.errors.js';
-import { type backendSchema, type BackendConfig, configSchema, crossFieldIssues, DEFAULT_POOL, hostPortOf, type PoolConfig, type ProxymityConfig, type RouteConfig } from './config.schema.js';
+import { type backendSchema, type BackendConfig, configSchema, crossFieldIssues, DEFAULT_POOL, editDistance, hostPortOf, type PoolConfig, type ProxymityConfig, type RouteConfig } from './config.schema.js';
 
 /** Where the config comes from: `--config FILE`, else $PROXYMITY_CONFIG, else ./config.yaml. */
 export function resolveConfigPath(argv: readonly string[], env: NodeJS.ProcessEnv): string {
@@ -33,7 +33,7 @@ export function loadConfigFile(file: string): ProxymityConfig {
 }
 
 /** Parses and validates YAML text; `file` is only used in messages. */
-export function parseConfig(text: string, file = 'config.yaml'): ProxymityConfig {
+export function parseConfig(text: string, file = 'config.yaml', env: NodeJS.ProcessEnv = process.env): ProxymityConfig {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
   if (doc.errors.length > 0) {
@@ -45,6 +45,8 @@ export function parseConfig(text: string, file = 'config.yaml'): ProxymityConfig
       }),
     );
   }
+  const envIssues = interpolateEnv(doc, lineCounter, env);
+  if (envIssues.length > 0) throw new ConfigError(file, envIssues);
   const raw: unknown = doc.toJS() ?? {};
   if (typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigError(file, [{ path: '', line: 1, col: 1, message: 'expected a mapping with "proxy" and "backend" keys' }]);
@@ -89,6 +91,64 @@ function normalize(cfg: z.output<typeof configSchema>): Omit<ProxymityConfig, ne
   }
   const routes: RouteConfig[] = (cfg.routes ?? [{ match: {}, pool: Object.keys(pools)[0], hostHeader: 'client' }]).map((r, i) => ({ ...r, name: r.name ?? `route-${i + 1}` }));
   return { ...cfg, backend, pools, routes } as unknown as ProxymityConfig;
+}
+
+const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+const WHOLE_REF = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$/;
+
+/**
+ * `${NAME}` and `${NAME:-default}` in values (never in keys) are replaced from the environment.
+ * A value that is exactly one reference takes the type its text reads as (a number, true or
+ * false), so `port: ${PORT}` and `weight: ${W:-1}` work; `$${` writes a literal `${`. A missing
+ * variable without a default is an error at its position.
+ */
+function interpolateEnv(doc: Document, lc: LineCounter, env: NodeJS.ProcessEnv): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  visit(doc, {
+    Scalar(key, node, ancestors) {
+      if (key === 'key' || typeof node.value !== 'string' || !node.value.includes('${')) return;
+      const text = node.value;
+      const missing: string[] = [];
+      const replaced = text
+        .split('$${')
+        .map((part) =>
+          part.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
+            const v = env[name];
+            if (v !== undefined && v !== '') return v;
+            if (fallback !== undefined) return fallback;
+            missing.push(name);
+            return '';
+          }),
+        )
+        .join('${');
+      if (missing.length > 0) {
+        const pos = lc.linePos(node.range?.[0] ?? 0);
+        const where = formatPath(keyPath(ancestors, node));
+        for (const name of missing) issues.push({ path: where, line: pos.line, col: pos.col, message: `environment variable ${name} is not set (write \${${name}:-default} to give a default)` });
+        return;
+      }
+      node.value = WHOLE_REF.test(text) ? typed(replaced) : replaced;
+    },
+  });
+  return issues;
+}
+
+/** The key path of a node from the visitor's ancestors (map keys and sequence indexes). */
+function keyPath(ancestors: readonly unknown[], node: unknown): (string | number)[] {
+  const out: (string | number)[] = [];
+  const chain = [...ancestors, node];
+  for (let i = 0; i < chain.length - 1; i++) {
+    const a = chain[i];
+    if (isPair(a) && isScalar(a.key)) out.push(String(a.key.value));
+    else if (isSeq(a)) out.push(a.items.indexOf(chain[i + 1] as never));
+  }
+  return out;
+}
+
+function typed(v: string): string | number | boolean {
+  if (/^-?\d+(\.\d+)?$/.test(v)) return Number(v);
+  if (v === 'true' || v === 'false') return v === 'true';
+  return v;
 }
 
 function toConfigIssues(issue: z.core.$ZodIssue, doc: Document, lc: LineCounter): ConfigIssue[] {
@@ -162,6 +222,7 @@ function knownKeysAt(schema: z.ZodType, path: (string | number)[]): string[] {
     const def = node?._zod?.def;
     if (def?.type === 'array' && typeof seg === 'number') node = def.element;
     else if (def?.type === 'object' && typeof seg === 'string') node = def.shape[seg];
+    else if (def?.type === 'record' && typeof seg === 'string') node = def.valueType;
     else return [];
     unwrap();
   }
@@ -181,20 +242,6 @@ export function suggest(key: string, known: readonly string[]): string | undefin
     }
   }
   return best !== undefined && bestD <= Math.max(2, Math.floor(best.length / 3)) ? best : undefined;
-}
-
-function editDistance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0];
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = prev[j];
-      prev[j] = Math.min(prev[j] + 1, prev[j - 1] + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diag = tmp;
-    }
-  }
-  return prev[b.length];
 }
 
 function firstLine(s: string): string {

@@ -46,6 +46,8 @@ export class MetricsService implements OnApplicationBootstrap {
   private readonly connect = new BoundHistogram(`${METRIC_PREFIX}upstream_connect_duration_seconds`, 'Time to open a new connection to a backend (TCP, and TLS for https backends).', ['backend'] as const, CONNECT_BUCKETS);
   private readonly header = new BoundHistogram(`${METRIC_PREFIX}upstream_response_header_duration_seconds`, 'Time from sending a request to a backend to its response headers (time to first byte), per attempt.', ['backend'] as const, DURATION_BUCKETS);
   private readonly retries = new BoundCounter(`${METRIC_PREFIX}retries_total`, 'Requests sent again to another backend (or, stale_connection, on a fresh connection) by reason.', ['reason'] as const);
+  private readonly reloads = new BoundCounter(`${METRIC_PREFIX}config_reloads_total`, 'Config reloads by result: success (applied) or failure (refused; the running config stays).', ['result'] as const);
+  private readonly reloadSlots = { success: this.reloads.bind({ result: 'success' }), failure: this.reloads.bind({ result: 'failure' }) };
   private readonly errors = new BoundCounter(`${METRIC_PREFIX}proxy_errors_total`, 'Requests the proxy answered (or cut) because of an error, by RFC 9209 error type.', ['error'] as const);
 
   /** requests_total series per backend slot, keyed method * 1000 + status; `noBackendSlots` for requests no backend served. */
@@ -81,7 +83,7 @@ export class MetricsService implements OnApplicationBootstrap {
       (b.agent as ConnectObserved).onConnect = (ms) => this.connect.observe(slot, ms / 1000);
     });
     if (!this.enabled) return;
-    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors]) this.registry.registerMetric(m as never);
+    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
     if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
@@ -145,6 +147,10 @@ export class MetricsService implements OnApplicationBootstrap {
   }
 
   // ---- control plane ------------------------------------------------------------------------
+
+  recordReload(result: 'success' | 'failure'): void {
+    this.reloads.inc(this.reloadSlots[result]);
+  }
 
   /** Prometheus text exposition of every metric. */
   scrape(): Promise<string> {

@@ -1,0 +1,202 @@
+/**
+ * Hot reload under load: the config file is rewritten 20 times (backends added, removed and
+ * re-weighted, routes changed, one broken file among them) while concurrent clients keep
+ * sending requests. Not one request may fail, and traffic must follow each new config.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { loadConfigFile } from '../../src/config/index.js';
+import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
+import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
+import { request } from '../helpers/http-client.js';
+import { delta, scrape } from '../helpers/metrics.js';
+import { pollUntil } from '../helpers/poll-until.js';
+
+const TOKEN = 'reload-test-admin-token';
+
+/** A config with `main` backends in the default route and optionally `/other/` routed to another pool. */
+function configText(backends: DummyBackend[], main: { name: string; weight?: number }[], other?: string): string {
+  const url = (name: string) => backends.find((b) => b.name === name)!.url;
+  const lines = [
+    'proxy: {host: 127.0.0.1, port: 0}',
+    `admin: {port: 0, token: ${TOKEN}}`,
+    'healthCheck: {interval: 1s}',
+    'pools:',
+    '  main:',
+    '    backends:',
+    ...main.map((b) => `      - {name: ${b.name}, url: "${url(b.name)}", weight: ${b.weight ?? 1}}`),
+  ];
+  if (other !== undefined) lines.push('  other:', '    backends:', `      - {name: ${other}, url: "${url(other)}"}`);
+  lines.push('routes:');
+  if (other !== undefined) lines.push('  - {match: {path: /other/}, pool: other}');
+  lines.push('  - {pool: main}');
+  return `${lines.join('\n')}\n`;
+}
+
+interface Step {
+  main: { name: string; weight?: number }[];
+  other?: string;
+}
+
+/** The 19 good configs the file goes through (the 20th write is a broken file). */
+const STEPS: Step[] = [
+  { main: [{ name: 'b1' }, { name: 'b2' }, { name: 'b3' }] },
+  { main: [{ name: 'b2' }, { name: 'b3' }] },
+  { main: [{ name: 'b2', weight: 5 }, { name: 'b3' }] },
+  { main: [{ name: 'b3' }], other: 'b4' },
+  { main: [{ name: 'b1' }, { name: 'b3' }], other: 'b4' },
+  { main: [{ name: 'b1' }], other: 'b2' },
+  { main: [{ name: 'b1' }, { name: 'b4' }] },
+  { main: [{ name: 'b4' }], other: 'b1' },
+  { main: [{ name: 'b2' }, { name: 'b4' }] },
+  { main: [{ name: 'b1' }, { name: 'b2' }, { name: 'b3' }, { name: 'b4' }] },
+  { main: [{ name: 'b3', weight: 3 }, { name: 'b4' }] },
+  { main: [{ name: 'b2' }], other: 'b3' },
+  { main: [{ name: 'b1' }, { name: 'b2' }], other: 'b3' },
+  { main: [{ name: 'b4' }, { name: 'b1' }] },
+  { main: [{ name: 'b1' }] },
+  { main: [{ name: 'b2' }, { name: 'b3' }], other: 'b1' },
+  { main: [{ name: 'b3' }, { name: 'b4' }] },
+  { main: [{ name: 'b1' }, { name: 'b4' }], other: 'b2' },
+  { main: [{ name: 'b1' }, { name: 'b2' }] },
+];
+
+describe('hot reload', () => {
+  let backends: DummyBackend[];
+  let file: string;
+  let sut: RunningProxymity;
+
+  before(async () => {
+    backends = await startBackends(4);
+    file = join(mkdtempSync(join(tmpdir(), 'proxymity-reload-')), 'proxymity.yaml');
+    writeFileSync(file, configText(backends, [{ name: 'b1' }, { name: 'b2' }]));
+    sut = await startProxymity(loadConfigFile(file), { logger: false, configFile: file });
+  });
+  after(async () => {
+    await sut.close();
+    await closeAll(backends);
+  });
+
+  const version = async () => (await request(`${sut.adminUrl}/config`, { headers: { authorization: `Bearer ${TOKEN}` } })).json().version as string;
+
+  /** Backends that served `n` requests to `path` (sequentially, on a fresh connection each). */
+  async function servedBy(path: string, n: number): Promise<Set<string>> {
+    const seen = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const res = await request(`${sut.url}${path}`);
+      assert.equal(res.status, 200, `${path}: ${res.status} ${res.body}`);
+      seen.add(res.json().backend);
+    }
+    return seen;
+  }
+
+  it('applies 20 rewrites of the file under load without failing a request, and refuses a broken one', async () => {
+    const before = await scrape(sut.adminUrl!, TOKEN);
+    // The load: 16 keep-alive clients in a loop until the rewrites are done.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+    let running = true;
+    let ok = 0;
+    const failures: string[] = [];
+    const client = async () => {
+      while (running) {
+        try {
+          const res = await request(`${sut.url}/load`, { agent });
+          if (res.status === 200) ok++;
+          else failures.push(`${res.status} ${res.body}`);
+        } catch (err) {
+          failures.push((err as Error).message);
+        }
+      }
+    };
+    const clients = Array.from({ length: 16 }, client);
+    /** Waits until the load has completed `n` more requests. */
+    const loadRuns = (n: number) => {
+      const target = ok + n;
+      return pollUntil(() => ok, (x) => x >= target || failures.length > 0, { timeoutMs: 5000, what: `${n} more requests` });
+    };
+
+    let current = await version();
+    try {
+    for (let i = 0; i < STEPS.length + 1; i++) {
+      if (i === 9) {
+        // The 10th write is broken: refused, the running config stays and keeps serving.
+        writeFileSync(file, 'pools:\n  main:\n    backends:\n      - {url: "localhost:9"}\n');
+        await pollUntil(() => scrape(sut.adminUrl!, TOKEN), (s) => delta(before, s, 'proxymity_config_reloads_total', { result: 'failure' }) === 1, { timeoutMs: 3000, what: 'broken file refused' });
+        assert.equal(await version(), current);
+        continue;
+      }
+      const step = STEPS[i > 9 ? i - 1 : i];
+      const text = configText(backends, step.main, step.other);
+      // Half the writes replace the file (as config management does), half rewrite it in place.
+      if (i % 2 === 0) {
+        writeFileSync(`${file}.tmp`, text);
+        renameSync(`${file}.tmp`, file);
+      } else writeFileSync(file, text);
+      current = await pollUntil(version, (v) => v !== current, { timeoutMs: 2000, what: `reload ${i + 1}` });
+      // Traffic follows the new config: once the requests started before the switch are done,
+      // the load reaches exactly the new main pool (read from the backends' own counters).
+      await loadRuns(50);
+      const countsBefore = backends.map((b) => b.proxied);
+      await loadRuns(150);
+      const grew = backends.filter((b, k) => b.proxied > countsBefore[k]).map((b) => b.name);
+      const expected = [...step.main.map((b) => b.name), ...(step.other !== undefined ? [step.other] : [])].sort();
+      assert.deepEqual(grew.filter((n) => n !== step.other).sort(), step.main.map((b) => b.name).sort(), `step ${i + 1}: main pool`);
+      assert.ok(grew.every((n) => expected.includes(n)), `step ${i + 1}: only configured backends get traffic (got ${grew.join(', ')})`);
+      // ...and /other/ goes to the other pool when there is one.
+      if (step.other !== undefined) assert.deepEqual([...(await servedBy('/other/x', 2))], [step.other]);
+    }
+    } finally {
+      running = false;
+      await Promise.all(clients);
+      agent.destroy();
+    }
+
+    assert.deepEqual(failures, [], `${failures.length} failed requests`);
+    assert.ok(ok > 200, `only ${ok} requests ran during the reloads`);
+    const after = await scrape(sut.adminUrl!, TOKEN);
+    assert.equal(delta(before, after, 'proxymity_config_reloads_total', { result: 'success' }), STEPS.length);
+    assert.equal(delta(before, after, 'proxymity_config_reloads_total', { result: 'failure' }), 1);
+  });
+
+  it('keeps the state of a backend whose name and URL did not change', async () => {
+    const probes = async () => (await request(`${sut.adminUrl}/backends`, { headers: { authorization: `Bearer ${TOKEN}` } })).json().backends as { name: string; probes: { passed: number } }[];
+    writeFileSync(file, configText(backends, [{ name: 'b1' }, { name: 'b2' }]));
+    const pool = async () => (await request(`${sut.adminUrl}/config`, { headers: { authorization: `Bearer ${TOKEN}` } })).json().config.pools.main.backends.map((b: { name: string; weight: number }) => `${b.name}:${b.weight}`).join(',');
+    await pollUntil(pool, (p) => p === 'b1:1,b2:1', { timeoutMs: 2000, what: 'config with b1 and b2 in force' });
+    const start = await version();
+    const b1Before = await pollUntil(probes, (list) => (list.find((b) => b.name === 'b1')?.probes.passed ?? 0) >= 2, { timeoutMs: 5000, what: 'b1 probed twice' });
+    writeFileSync(file, configText(backends, [{ name: 'b1', weight: 4 }, { name: 'b2' }]));
+    await pollUntil(version, (v) => v !== start, { timeoutMs: 2000, what: 're-weight applied' });
+    const b1After = (await probes()).find((b) => b.name === 'b1')!;
+    assert.ok(b1After.probes.passed >= b1Before.find((b) => b.name === 'b1')!.probes.passed, 'probe counters survive the reload');
+    assert.equal((b1After as unknown as { weight: number }).weight, 4);
+  });
+
+  it('reloads on POST /config/reload (token required) and on SIGHUP', async () => {
+    writeFileSync(file, configText(backends, [{ name: 'b3' }]));
+    // Whichever comes first, the watcher or the endpoint, applies it; the other finds it unchanged.
+    const res = await request(`${sut.adminUrl}/config/reload`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(res.status, 200);
+    assert.match(res.json().result, /^(success|unchanged)$/);
+    assert.deepEqual([...(await servedBy('/p', 3))], ['b3']);
+    assert.equal((await request(`${sut.adminUrl}/config/reload`, { method: 'POST' })).status, 401);
+
+    const v = await version();
+    writeFileSync(file, configText(backends, [{ name: 'b4' }]));
+    process.emit('SIGHUP', 'SIGHUP');
+    await pollUntil(version, (x) => x !== v, { timeoutMs: 2000, what: 'SIGHUP reload' });
+    assert.deepEqual([...(await servedBy('/p', 3))], ['b4']);
+  });
+
+  it('answers 422 with the problems when the file is broken, and keeps serving', async () => {
+    writeFileSync(file, 'pools: {main: {backends: [{url: "http://127.0.0.1:1", weight: 0}]}}\n');
+    const res = await request(`${sut.adminUrl}/config/reload`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(res.status, 422);
+    assert.match(res.body, /weight/);
+    assert.deepEqual([...(await servedBy('/p', 2))], ['b4']);
+  });
+});
