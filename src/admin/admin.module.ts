@@ -4,13 +4,14 @@ import { MetricsModule } from '../metrics/metrics.module.js';
 import { ProxyModule } from '../proxy/proxy.module.js';
 import { ReloadModule } from '../reload/reload.module.js';
 import { AdminController } from './admin.controller.js';
+import { MetricsController } from './metrics.controller.js';
 import { AdminServer } from './admin-server.service.js';
 import { AdminTokenGuard } from './admin-token.guard.js';
 
-/** The admin listener and its state endpoints; /metrics comes from MetricsModule, /health from HealthModule. */
+/** The admin listener, /metrics and the state endpoints; /health comes from HealthModule. */
 @Module({
   imports: [BackendModule, ProxyModule, MetricsModule, ReloadModule],
-  controllers: [AdminController],
+  controllers: [AdminController, MetricsController],
   providers: [AdminServer, AdminTokenGuard],
   exports: [AdminServer],
 })

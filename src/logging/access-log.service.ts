@@ -20,6 +20,8 @@ import { clientAddress, normalizeAddress } from '../load-balancer/client-address
 /** What the engine knows about a request when it ends. */
 export interface RequestSummary {
   readonly req: IncomingMessage;
+  /** The request target as received (before any route rewrite). */
+  readonly target: string;
   readonly requestId: string;
   /** What the client got; 499 when it closed the connection before the response was complete. */
   readonly status: number;
@@ -114,7 +116,7 @@ export class AccessLogService implements OnApplicationShutdown {
     const peer = normalizeAddress(req.socket.remoteAddress) ?? '';
     let line =
       `{"time":"${isoNow()}","request_id":${JSON.stringify(r.requestId)},"client_ip":${JSON.stringify(clientAddress(req) ?? peer)},"peer_ip":${JSON.stringify(peer)}` +
-      `,"method":${JSON.stringify(req.method ?? '')},"host":${jsonOrNull(str(h['x-forwarded-host']) ?? str(h.host))},"path":${JSON.stringify(req.url ?? '')},"protocol":"HTTP/${req.httpVersion}"` +
+      `,"method":${JSON.stringify(req.method ?? '')},"host":${jsonOrNull(str(h['x-forwarded-host']) ?? str(h.host))},"path":${JSON.stringify(r.target)},"protocol":"HTTP/${req.httpVersion}"` +
       `,"status":${r.status},"bytes_in":${r.bytesIn},"bytes_out":${r.bytesOut},"duration_ms":${round(r.durationMs)}` +
       `,"upstream_connect_ms":${r.connectMs < 0 ? 'null' : round(r.connectMs)},"upstream_header_ms":${r.headerMs < 0 ? 'null' : round(r.headerMs)}` +
       `,"backend":${jsonOrNull(r.backend)},"attempts":${r.attempts},"termination":${jsonOrNull(r.termination)},"error":${jsonOrNull(r.error)},"user_agent":${jsonOrNull(str(h['user-agent']))}`;
@@ -127,7 +129,7 @@ export class AccessLogService implements OnApplicationShutdown {
   private combinedLine(r: RequestSummary): string {
     const req = r.req;
     const h = req.headers;
-    return `${clientAddress(req) ?? normalizeAddress(req.socket.remoteAddress) ?? '-'} - - [${clfTime(new Date())}] "${req.method} ${escapeQuoted(req.url ?? '')} HTTP/${req.httpVersion}" ${r.status} ${r.bytesOut} "${escapeQuoted(str(h.referer) ?? '-')}" "${escapeQuoted(str(h['user-agent']) ?? '-')}" ${r.requestId} ${round(r.durationMs)}ms ${r.backend ?? '-'} ${r.termination ?? '-'}\n`;
+    return `${clientAddress(req) ?? normalizeAddress(req.socket.remoteAddress) ?? '-'} - - [${clfTime(new Date())}] "${req.method} ${escapeQuoted(r.target)} HTTP/${req.httpVersion}" ${r.status} ${r.bytesOut} "${escapeQuoted(str(h.referer) ?? '-')}" "${escapeQuoted(str(h['user-agent']) ?? '-')}" ${r.requestId} ${round(r.durationMs)}ms ${r.backend ?? '-'} ${r.termination ?? '-'}\n`;
   }
 
   private pickRequestHeaders(req: IncomingMessage): Record<string, string | null> {

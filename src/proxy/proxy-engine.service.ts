@@ -107,6 +107,8 @@ class Exchange {
     readonly bodyless: boolean,
     /** The route it matched: pool, retry policy, timeouts, limits (of the config it started with). */
     readonly route: Route,
+    /** The request target as the client sent it (before a route rewrote it), for logs. */
+    readonly target: string,
   ) {
     this.writtenBefore = req.socket.bytesWritten;
   }
@@ -141,8 +143,8 @@ export class ProxyEngine {
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
-  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string, route: Route): void {
-    const ex = new Exchange(this, req, res, requestId, isBodyless(req), route);
+  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string, route: Route, target: string = req.url as string): void {
+    const ex = new Exchange(this, req, res, requestId, isBodyless(req), route, target);
     (res as WithExchange<ServerResponse>)[kExchange] = ex;
     const retry = route.retry;
     if (!ex.bodyless && retry.bufferBody > 0 && retry.methods.has(req.method as string) && req.headers.trailer === undefined) {
@@ -171,7 +173,7 @@ export class ProxyEngine {
     }
     if (this.accessLog !== undefined) {
       this.accessLog.write({
-        req, requestId, status, durationMs: 0, bytesIn: 0, bytesOut: 0, backend: undefined, attempts: 0,
+        req, target: req.url as string, requestId, status, durationMs: 0, bytesIn: 0, bytesOut: 0, backend: undefined, attempts: 0,
         connectMs: -1, headerMs: -1, termination: PROXY_ERRORS[code].termination, error: code, responseHeaders: undefined,
       });
     }
@@ -415,6 +417,7 @@ export class ProxyEngine {
     const cl = req.headers['content-length'];
     this.accessLog.write({
       req,
+      target: ex.target,
       requestId: ex.requestId,
       status,
       durationMs,

@@ -58,6 +58,7 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
       return true;
     }
     // Matched on the request as received (after an absolute-form target became origin-form).
+    const target = req.url as string;
     const route = this.routing.table.match(req);
     if (route === undefined) {
       this.engine.reject(req, res, 'destination_not_found', requestId);
@@ -77,11 +78,11 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
       this.engine.reject(req, res, 'destination_unavailable', requestId);
       return true;
     }
-    if (route.rewrites) req.url = route.rewrite(req.url as string);
+    if (route.rewrites) req.url = route.rewrite(target);
     if (route.requestHeaders !== undefined) applyRequestOps(req.headers, route.requestHeaders);
     const hostHeader = route.hostHeader;
     if (hostHeader !== 'client') req.headers.host = hostHeader === 'backend' ? backend.url.host : hostHeader;
-    this.engine.forward(req, res, backend, requestId, route);
+    this.engine.forward(req, res, backend, requestId, route, target);
     return true;
   }
 }

@@ -1,7 +1,7 @@
 import { Controller, Get, NotFoundException, Res, UseGuards } from '@nestjs/common';
 import type { ServerResponse } from 'node:http';
-import { AdminTokenGuard } from '../admin/admin-token.guard.js';
-import { MetricsService } from './metrics.service.js';
+import { MetricsService } from '../metrics/metrics.service.js';
+import { AdminTokenGuard } from './admin-token.guard.js';
 
 /** GET /metrics in the Prometheus text format. Reachable on the admin listener only. */
 @Controller()
