@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { parseConfig, ConfigError } from '../../src/config/index.js';
 import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
-import { delta, sample, scrape, seriesOf } from '../helpers/metrics.js';
+import { delta, sample, scrape, seriesOf, type Scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
 import { ProxyEngine } from '../../src/proxy/index.js';
 import { proxyFixture, startProxy } from '../helpers/proxy.js';
@@ -237,6 +237,7 @@ describe('access log', () => {
   let logFile: string;
   let lines: AccessLine[];
   let deadLines: AccessLine[];
+  let faultMetrics: { before: Scrape; after: Scrape };
 
   before(async () => {
     backends = await startBackends(1);
@@ -253,6 +254,7 @@ describe('access log', () => {
       ].join('\n'),
       '  maxBodySize: 1KiB\n  trustedProxies: [127.0.0.1]',
     );
+    const metricsBefore = await scrape(sut.adminUrl!);
     const ok = await request(`${sut.url}/ok?q=1`, { headers: { authorization: 'Bearer secret', 'x-trace': 't1', 'x-request-id': 'req-ok-1', 'x-forwarded-for': '203.0.113.7' } });
     assert.equal(ok.status, 200);
     b.failNext('reset');
@@ -272,6 +274,7 @@ describe('access log', () => {
     b.behave();
     await b.close();
     assert.equal((await request(`${sut.url}/refused`, { headers: { 'x-request-id': 'req-refused' } })).status, 502);
+    faultMetrics = { before: metricsBefore, after: await scrape(sut.adminUrl!) };
     await sut.close(); // flushes the log
     lines = readLog(logFile);
 
@@ -341,6 +344,19 @@ describe('access log', () => {
     assert.deepEqual([gaveUp?.status, gaveUp?.termination], [499, 'client_closed']);
     assert.equal(byId('req-413').backend, null);
     assert.equal(byId('req-upload').bytes_in, 700);
+  });
+
+  it('counts each fault under its RFC 9209 error type in proxy_errors_total, and 499 for the client that left', () => {
+    const { before, after } = faultMetrics;
+    const errors = (error: string) => delta(before, after, 'proxymity_proxy_errors_total', { error });
+    assert.equal(errors('connection_terminated'), 2, 'reset before the answer, and the cut mid-body');
+    assert.equal(errors('http_response_timeout'), 1);
+    assert.equal(errors('http_protocol_error'), 1);
+    assert.equal(errors('request_too_large'), 1);
+    assert.equal(errors('connection_refused'), 1);
+    assert.equal(delta(before, after, 'proxymity_requests_total', { backend: 'b1', method: 'GET', code: '499' }), 1);
+    assert.equal(delta(before, after, 'proxymity_requests_total', { backend: 'b1', method: 'GET', code: '504' }), 1);
+    assert.equal(delta(before, after, 'proxymity_requests_total', { backend: '', method: 'POST', code: '413' }), 1);
   });
 
   it('says retry_limit_exceeded after the last try, then no_healthy_backend', () => {
