@@ -12,10 +12,19 @@
  *   POST /_dummy/unhealthy       /health answers 503 from now on
  *   POST /_dummy/healthy         /health answers 200 again
  *   ANY  anything else           200 JSON: backend, method, path, headers, bodyBytes, bodySha256
+ *   WS   /ws (any path under it) WebSocket echo: every message comes back as sent (text or
+ *                                binary); the first offered subprotocol is accepted;
+ *                                permessage-deflate is offered; the handshake answer carries
+ *                                `x-backend: NAME`
  */
 import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer } from 'ws';
+
+/** How the next WebSocket handshake misbehaves: reset the connection, or refuse with 403. */
+export type UpgradeFault = 'reset' | 'refuse';
 
 export interface DummyBackendOptions {
   name: string;
@@ -48,10 +57,20 @@ export class DummyBackend {
   private nextFaults: Misbehaviour[] = [];
   private alwaysFault: Misbehaviour | undefined = undefined;
   private readonly sockets = new Set<Socket>();
+  /** The WebSocket echo server (`/ws`); its `clients` are the open WebSockets. */
+  readonly wss: WebSocketServer;
+  private nextUpgradeFaults: UpgradeFault[] = [];
 
   constructor(opts: DummyBackendOptions) {
     this.name = opts.name;
     this.server = http.createServer((req, res) => this.handle(req, res));
+    this.wss = new WebSocketServer({ noServer: true, perMessageDeflate: true, maxPayload: 64 * 1024 * 1024, handleProtocols: (protocols) => protocols.values().next().value ?? false });
+    this.wss.on('headers', (headers) => headers.push(`x-backend: ${this.name}`));
+    this.wss.on('connection', (ws) => {
+      ws.on('error', () => ws.terminate());
+      ws.on('message', (data, isBinary) => ws.send(data as Buffer, { binary: isBinary }));
+    });
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.handleUpgrade(req, socket, head));
     this.server.keepAliveTimeout = 5000;
     this.server.on('connection', (s) => {
       this.sockets.add(s);
@@ -84,6 +103,24 @@ export class DummyBackend {
     this.nextFaults.push(kind);
   }
 
+  /** The next WebSocket handshake misbehaves this way (queued, one each). */
+  failNextUpgrade(kind: UpgradeFault): void {
+    this.nextUpgradeFaults.push(kind);
+  }
+
+  private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    this.requests++;
+    const path = (req.url ?? '/').split('?')[0];
+    const fault = this.nextUpgradeFaults.shift();
+    if (fault === 'reset') return void (socket as Socket).resetAndDestroy();
+    if (fault === 'refuse' || !(path === '/ws' || path.startsWith('/ws/'))) {
+      socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 10\r\nx-backend: ${this.name}\r\nconnection: close\r\n\r\nforbidden\n`);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, req));
+  }
+
   /** Every non-health request misbehaves this way until `behave()`. */
   failAlways(kind: Misbehaviour): void {
     this.alwaysFault = kind;
@@ -96,6 +133,7 @@ export class DummyBackend {
     this.healthDelayMs = 0;
     this.forcedStatus = undefined;
     this.healthy = true;
+    this.nextUpgradeFaults = [];
   }
 
   /** Number of open client connections (to check for leaks). */
@@ -104,6 +142,7 @@ export class DummyBackend {
   }
 
   async close(): Promise<void> {
+    for (const ws of this.wss.clients) ws.terminate();
     this.server.closeAllConnections();
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));

@@ -333,6 +333,15 @@ export const configSchema = z
       })
       .prefault({})
       .describe('How the proxy talks to backends.'),
+    websocket: z
+      .strictObject({
+        enabled: z.boolean().prefault(true).describe('Proxy WebSocket (and other HTTP/1.1 Upgrade) requests. Default true.'),
+        idleTimeout: duration({ min: 1000, max: 24 * 3_600_000 }).prefault('1h').describe('A tunnel with no data either way for this long is closed. Default 1h.'),
+        maxLifetime: duration({ max: 7 * 24 * 3_600_000 }).prefault(0).describe('Longest life of a tunnel; then it gets a close frame (1001). 0 = no limit. Default 0.'),
+        closeDelay: duration({ max: 600_000 }).prefault(0).describe('On shutdown, how long after the listener closes open tunnels get a close frame (1001 Going Away). Default 0.'),
+      })
+      .prefault({})
+      .describe('WebSocket proxying.'),
     admin: z
       .strictObject({
         enabled: z.boolean().prefault(true).describe('Serve the admin listener (metrics, state, health). Default true.'),

@@ -13,6 +13,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { ProxyEngine } from '../proxy/proxy-engine.service.js';
+import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
 
 const POLL_MS = 50;
 
@@ -23,12 +24,14 @@ export class DrainService implements BeforeApplicationShutdown {
   constructor(
     private readonly adapterHost: HttpAdapterHost,
     private readonly engine: ProxyEngine,
+    private readonly upgrades: UpgradeProxy,
     @Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig,
   ) {}
 
   async beforeApplicationShutdown(signal?: string): Promise<void> {
     const { shutdownDelay, shutdownTimeout } = this.cfg.proxy;
     this.engine.draining = true;
+    this.upgrades.draining = true;
     this.logger.log(`shutting down${signal ? ` on ${signal}` : ''}: ${this.engine.inFlight} request(s) in flight, waiting up to ${shutdownTimeout}ms`);
     if (shutdownDelay > 0) await sleep(shutdownDelay);
 
@@ -36,15 +39,24 @@ export class DrainService implements BeforeApplicationShutdown {
     if (server === undefined) return;
     if (server.listening) server.close();
     const deadline = Date.now() + shutdownTimeout;
+    // WebSocket tunnels get a close frame (1001 Going Away) websocket.closeDelay after the listener closed.
+    const goAwayAt = Date.now() + this.cfg.websocket.closeDelay;
+    let toldTunnels = false;
     for (;;) {
       server.closeIdleConnections();
-      if (this.engine.inFlight === 0) break;
+      if (!toldTunnels && Date.now() >= goAwayAt) {
+        toldTunnels = true;
+        if (this.upgrades.tunnels.size > 0) this.logger.log(`closing ${this.upgrades.tunnels.size} WebSocket tunnel(s) with 1001 Going Away`);
+        this.upgrades.goAwayAll();
+      }
+      if (this.engine.inFlight === 0 && this.upgrades.tunnels.size === 0) break;
       if (Date.now() >= deadline) {
-        this.logger.warn(`shutdown timeout: cutting ${this.engine.inFlight} request(s) still in flight`);
+        this.logger.warn(`shutdown timeout: cutting ${this.engine.inFlight} request(s) and ${this.upgrades.tunnels.size} tunnel(s) still open`);
         break;
       }
       await sleep(POLL_MS);
     }
+    this.upgrades.destroyAll();
     server.closeAllConnections();
   }
 }

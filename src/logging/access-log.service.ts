@@ -39,6 +39,8 @@ export interface RequestSummary {
   readonly error: string | undefined;
   /** The response header list as written (name, value, ...), when response headers are logged. */
   readonly responseHeaders: readonly string[] | undefined;
+  /** WebSocket tunnels only: why the tunnel closed. */
+  readonly closeReason?: string;
 }
 
 type Destination = ReturnType<typeof pino.destination>;
@@ -120,6 +122,7 @@ export class AccessLogService implements OnApplicationShutdown {
       `,"status":${r.status},"bytes_in":${r.bytesIn},"bytes_out":${r.bytesOut},"duration_ms":${round(r.durationMs)}` +
       `,"upstream_connect_ms":${r.connectMs < 0 ? 'null' : round(r.connectMs)},"upstream_header_ms":${r.headerMs < 0 ? 'null' : round(r.headerMs)}` +
       `,"backend":${jsonOrNull(r.backend)},"attempts":${r.attempts},"termination":${jsonOrNull(r.termination)},"error":${jsonOrNull(r.error)},"user_agent":${jsonOrNull(str(h['user-agent']))}`;
+    if (r.closeReason !== undefined) line += `,"close_reason":${JSON.stringify(r.closeReason)}`;
     if (this.requestHeaders.length > 0) line += `,"request_headers":${JSON.stringify(this.pickRequestHeaders(req))}`;
     if (this.responseHeaders.size > 0 && r.responseHeaders !== undefined) line += `,"response_headers":${JSON.stringify(this.pickResponseHeaders(r.responseHeaders))}`;
     dest.write(`${line}}\n`);

@@ -33,6 +33,9 @@ const CODE_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'];
 /** Label of requests no backend served (rejected by the proxy). */
 export const NO_BACKEND = '';
 
+/** How a WebSocket upgrade ended (label of websocket_upgrades_total). */
+export type UpgradeResult = 'success' | 'rejected' | 'error' | 'no_route' | 'no_backend' | 'client_closed' | 'disabled';
+
 /** Why a request was retried (label of retries_total). */
 export type RetryReason = 'connect_failure' | 'reset' | 'timeout' | 'status' | 'stale_connection';
 
@@ -46,6 +49,11 @@ export class MetricsService implements OnApplicationBootstrap {
   private readonly connect = new BoundHistogram(`${METRIC_PREFIX}upstream_connect_duration_seconds`, 'Time to open a new connection to a backend (TCP, and TLS for https backends).', ['backend'] as const, CONNECT_BUCKETS);
   private readonly header = new BoundHistogram(`${METRIC_PREFIX}upstream_response_header_duration_seconds`, 'Time from sending a request to a backend to its response headers (time to first byte), per attempt.', ['backend'] as const, DURATION_BUCKETS);
   private readonly retries = new BoundCounter(`${METRIC_PREFIX}retries_total`, 'Requests sent again to another backend (or, stale_connection, on a fresh connection) by reason.', ['reason'] as const);
+  private readonly upgrades = new BoundCounter(`${METRIC_PREFIX}websocket_upgrades_total`, 'Upgrade (WebSocket) requests by result: success (101 relayed), rejected (the backend answered another status), error (no backend answered), no_route, no_backend, client_closed, disabled.', ['result'] as const);
+  private readonly upgradeSlots = new Map<string, number>();
+  private readonly tunnelBytes = new BoundCounter(`${METRIC_PREFIX}websocket_bytes_total`, 'Bytes relayed through WebSocket tunnels, by direction.', ['direction'] as const);
+  private readonly bytesSlots = { in: this.tunnelBytes.bind({ direction: 'client_to_backend' }), out: this.tunnelBytes.bind({ direction: 'backend_to_client' }) };
+  private tunnelsOpen: () => number = () => 0;
   private readonly reloads = new BoundCounter(`${METRIC_PREFIX}config_reloads_total`, 'Config reloads by result: success (applied) or failure (refused; the running config stays).', ['result'] as const);
   private readonly reloadSlots = { success: this.reloads.bind({ result: 'success' }), failure: this.reloads.bind({ result: 'failure' }) };
   private readonly errors = new BoundCounter(`${METRIC_PREFIX}proxy_errors_total`, 'Requests the proxy answered (or cut) because of an error, by RFC 9209 error type.', ['error'] as const);
@@ -83,7 +91,7 @@ export class MetricsService implements OnApplicationBootstrap {
       (b.agent as ConnectObserved).onConnect = (ms) => this.connect.observe(slot, ms / 1000);
     });
     if (!this.enabled) return;
-    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads]) this.registry.registerMetric(m as never);
+    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
     if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
@@ -104,6 +112,25 @@ export class MetricsService implements OnApplicationBootstrap {
         );
       },
     });
+  }
+
+  /** The upgrade proxy tells where its open-tunnel count lives (read at scrape). */
+  readTunnelsFrom(read: () => number): void {
+    this.tunnelsOpen = read;
+  }
+
+  recordUpgrade(result: UpgradeResult): void {
+    let slot = this.upgradeSlots.get(result);
+    if (slot === undefined) {
+      slot = this.upgrades.bind({ result });
+      this.upgradeSlots.set(result, slot);
+    }
+    this.upgrades.inc(slot);
+  }
+
+  recordTunnelBytes(fromClients: number, toClients: number): void {
+    this.tunnelBytes.inc(this.bytesSlots.in, fromClients);
+    this.tunnelBytes.inc(this.bytesSlots.out, toClients);
   }
 
   /** The engine tells where its in-flight count lives (read at scrape). */
@@ -165,6 +192,15 @@ export class MetricsService implements OnApplicationBootstrap {
     const registry = this.backendRegistry;
     const registers = [this.registry];
     const engineInFlight = () => this.inFlight();
+    const tunnels = () => this.tunnelsOpen();
+    new Gauge({
+      name: `${METRIC_PREFIX}websocket_tunnels_open`,
+      help: 'Open WebSocket tunnels.',
+      registers,
+      collect() {
+        this.set(tunnels());
+      },
+    });
     new Gauge({
       name: `${METRIC_PREFIX}requests_in_flight`,
       help: 'Proxied requests being served.',

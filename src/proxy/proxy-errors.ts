@@ -89,7 +89,7 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
   return 'proxy_internal_error';
 }
 
-const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+export const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Precomputed error bodies: `502 Bad Gateway: the backend refused the connection (connection_refused)`. */
 export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(

@@ -3,11 +3,13 @@
  * the client-side timeouts. Runs once at bootstrap (control plane).
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { ProxyMiddleware } from './proxy.middleware.js';
+import { UpgradeProxy } from './upgrade-proxy.service.js';
 
 type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -18,6 +20,7 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
   constructor(
     private readonly adapterHost: HttpAdapterHost,
     private readonly proxy: ProxyMiddleware,
+    private readonly upgrades: UpgradeProxy,
     @Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig,
   ) {}
 
@@ -39,6 +42,17 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
           res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
           res.end('500 Internal Server Error: proxy_internal_error\n');
         } else res.destroy();
+      }
+    });
+
+    // Upgrade requests (WebSocket) never reach Express: the server emits `upgrade` instead.
+    const upgrades = this.upgrades;
+    server.on('upgrade', function proxymityUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+      try {
+        upgrades.handle(req, socket, head);
+      } catch (err) {
+        logger.error(`unexpected error handling upgrade ${req.url}: ${(err as Error).stack ?? String(err)}`);
+        socket.destroy();
       }
     });
 

@@ -87,7 +87,7 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
   }
 }
 
-function buildBlockList(entries: readonly string[]): BlockList | undefined {
+export function buildBlockList(entries: readonly string[]): BlockList | undefined {
   if (entries.length === 0) return undefined;
   const list = new BlockList();
   for (const entry of entries) {

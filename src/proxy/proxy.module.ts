@@ -6,11 +6,12 @@ import { MetricsModule } from '../metrics/metrics.module.js';
 import { RoutingModule } from '../routing/routing.module.js';
 import { ProxyEngine } from './proxy-engine.service.js';
 import { ProxyServerBinding } from './proxy-server.binding.js';
+import { UpgradeProxy } from './upgrade-proxy.service.js';
 import { ProxyMiddleware } from './proxy.middleware.js';
 
 @Module({
   imports: [BackendModule, LoadBalancerModule, RoutingModule, MetricsModule, LoggingModule],
-  providers: [ProxyEngine, ProxyMiddleware, ProxyServerBinding],
-  exports: [ProxyEngine, ProxyMiddleware],
+  providers: [ProxyEngine, ProxyMiddleware, ProxyServerBinding, UpgradeProxy],
+  exports: [ProxyEngine, ProxyMiddleware, UpgradeProxy],
 })
 export class ProxyModule {}
