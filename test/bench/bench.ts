@@ -1,6 +1,9 @@
 /**
  * `npm run bench [-- --quick | --picks-only] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream] [--observability]`
  *
+ * --no-ws skips, and --ws-only runs only, the WebSocket comparison (messages/s direct vs
+ * through Proxymity, test/bench/ws.bench.ts), which otherwise runs at the end.
+ *
  * --observability adds two more Proxymity instances: one with metrics off (and no access log),
  * one with metrics on and JSON access logs to a file, so the cost of both can be read off.
  *
@@ -21,6 +24,18 @@ import { fileURLToPath } from 'node:url';
 import { benchPicks, type PickResult } from './pick.bench.js';
 import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
 import { runWrk, type WrkResult } from './wrk.js';
+import { benchWebSocket, type WsBenchResult } from './ws.bench.js';
+
+function renderWs(r: WsBenchResult): string[] {
+  const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
+  return [
+    '',
+    `| WebSocket echo (${r.clients} clients, ${r.messageBytes} B messages) | round trips/s | vs direct |`,
+    '|---|---:|---:|',
+    `| direct to the backend | ${fmt(r.direct)} | 1.00× |`,
+    `| through Proxymity | ${fmt(r.proxymity)} | ${(r.proxymity / r.direct).toFixed(2)}× |`,
+  ];
+}
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..', '..', '..');
@@ -38,6 +53,9 @@ interface Options {
   scenarios: string[] | undefined;
   noStream: boolean;
   observability: boolean;
+  /** Run the WebSocket messages/s comparison (default: yes; --no-ws skips it, --ws-only runs only it). */
+  ws: boolean;
+  wsOnly: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -56,6 +74,8 @@ function parseOptions(argv: string[]): Options {
     scenarios: val('--scenarios')?.split(','),
     noStream: argv.includes('--no-stream'),
     observability: argv.includes('--observability'),
+    ws: !argv.includes('--no-ws'),
+    wsOnly: argv.includes('--ws-only'),
   };
 }
 
@@ -351,6 +371,10 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const tmp = mkdtempSync(join(os.tmpdir(), 'proxymity-bench-'));
+  if (opts.wsOnly) {
+    console.log(renderWs(await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 })).join('\n'));
+    return;
+  }
   const started = Date.now();
   const { originKind, originProc, sinkProc, targets } = await startTargets(tmp, opts);
   const px = targets.find((t) => t.name === 'proxymity');
@@ -408,12 +432,13 @@ async function main(): Promise<void> {
     }
 
     const picks = benchPicks(opts.quick ? 200 : 400);
-    const md = render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 });
+    const ws = opts.ws ? await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 }) : undefined;
+    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...(ws ? renderWs(ws) : [])].join('\n');
     console.log(md);
     const dir = join(ROOT, 'bench-results');
     mkdirSync(dir, { recursive: true });
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, streams, picks }, null, 2));
+    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, streams, picks, websocket: ws }, null, 2));
     writeFileSync(join(dir, `${stamp}.md`), md);
     console.log(`written: bench-results/${stamp}.json and .md`);
   } finally {
