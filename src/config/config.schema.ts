@@ -191,6 +191,34 @@ const headerOps = z
   })
   .describe('Header changes: remove, then set, then add.');
 
+const rateKeyPart = z.string().regex(/^(client-ip|route|(header|cookie):[A-Za-z0-9!#$%&'*+.^_`|~-]+)$/, { message: 'expected client-ip, route, header:NAME or cookie:NAME' });
+
+export const rateLimitSchema = z
+  .strictObject({
+    rate: z.number().int().min(1).max(1_000_000).describe('Requests allowed per `per` on average.'),
+    per: duration({ min: 1, max: 24 * 3_600_000 }).prefault('1s').describe('The period of `rate`. Default 1s.'),
+    burst: z.number().int().min(1).max(1_000_000).optional().describe('How many requests may arrive at once (the bucket size). Default: rate.'),
+    key: z.union([rateKeyPart, z.array(rateKeyPart).min(1)]).prefault('client-ip').describe('What a bucket belongs to: client-ip, route, header:NAME, cookie:NAME, or a list of them (combined). Default client-ip.'),
+    ipv6Prefix: z.number().int().min(1).max(128).prefault(64).describe('IPv6 client addresses in the same prefix share a bucket. Default 64.'),
+    missingKey: z.enum(['shared', 'allow', 'deny']).prefault('shared').describe('Requests without the key\'s header or cookie: "shared" (one bucket for all of them), "allow" (not limited) or "deny" (429). Default "shared".'),
+    allow: z.array(cidr).prefault([]).describe('Client addresses or CIDR blocks never limited. Default none.'),
+    maxConcurrent: z.number().int().min(1).max(1_000_000).optional().describe('Most requests in flight per key on this instance (429 above). Default: no cap.'),
+    headers: z.boolean().prefault(false).describe('Also send RateLimit-Policy and RateLimit (remaining quota) on allowed responses. Default false (429s always carry them).'),
+    dryRun: z.boolean().prefault(false).describe('Count and log what would be limited, but let it through. Default false.'),
+    store: z.enum(['memory', 'redis']).prefault('memory').describe('Where buckets live: "memory" (this instance) or "redis" (shared by every instance). Default "memory".'),
+    redis: z
+      .strictObject({
+        url: z.string().regex(/^rediss?:\/\//, { message: 'expected redis://host:port or rediss://...' }).describe('e.g. "redis://127.0.0.1:6379/0".'),
+        prefix: z.string().prefault('proxymity:rl:').describe('Key prefix. Default "proxymity:rl:".'),
+        timeout: duration({ min: 1, max: 10_000 }).prefault('100ms').describe('A decision that takes longer is a store error. Default 100ms.'),
+      })
+      .optional()
+      .describe('The Redis store (required when store is "redis").'),
+    onStoreError: z.enum(['allow', 'deny']).prefault('allow').describe('When Redis cannot answer: let requests through ("allow") or answer 503 ("deny"). Default "allow".'),
+    maxKeys: z.number().int().min(100).max(10_000_000).prefault(100_000).describe('Memory store: most buckets kept; the least recently used are evicted first. Default 100000.'),
+  })
+  .describe('Rate limiting (GCRA).');
+
 const hostPattern = z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, { message: 'expected a host name such as "api.example.com" or "*.example.com"' });
 
 export const poolSchema = z
@@ -232,6 +260,7 @@ export const routeSchema = z
       .describe('Timeouts of this route. Default: upstream\'s.'),
     retry: z.strictObject(retryFields).partial().optional().describe('Overrides of the top-level retry policy for this route.'),
     maxBodySize: byteSize.optional().describe('As proxy.maxBodySize, for this route.'),
+    rateLimit: z.union([z.literal(false), rateLimitSchema]).optional().describe('This route\'s rate limit, or false for none. Default: the top-level rateLimit.'),
   })
   .describe('Sends matching requests to a pool.');
 
@@ -333,6 +362,7 @@ export const configSchema = z
       })
       .prefault({})
       .describe('How the proxy talks to backends.'),
+    rateLimit: rateLimitSchema.optional().describe('Rate limit for every route that does not set its own. Default: none.'),
     websocket: z
       .strictObject({
         enabled: z.boolean().prefault(true).describe('Proxy WebSocket (and other HTTP/1.1 Upgrade) requests. Default true.'),
@@ -428,6 +458,12 @@ export function crossFieldIssues(raw: unknown): { path: (string | number)[]; mes
   const admin = (raw as { admin?: { enabled?: unknown; host?: unknown; token?: unknown } })?.admin;
   if (admin !== undefined && admin !== null && admin.enabled !== false && typeof admin.host === 'string' && !isLoopbackHost(admin.host) && admin.token === undefined && !process.env.PROXYMITY_ADMIN_TOKEN) {
     issues.push({ path: ['admin', 'host'], message: `the admin listener on "${admin.host}" is reachable beyond this machine: set admin.token (or $PROXYMITY_ADMIN_TOKEN), or bind it to 127.0.0.1` });
+  }
+  const rls: { path: (string | number)[]; rl: unknown }[] = [{ path: ['rateLimit'], rl: (raw as { rateLimit?: unknown })?.rateLimit }];
+  if (Array.isArray(r.routes)) r.routes.forEach((route, i) => rls.push({ path: ['routes', i, 'rateLimit'], rl: (route as { rateLimit?: unknown } | null)?.rateLimit }));
+  for (const { path, rl } of rls) {
+    const x = rl as { store?: unknown; redis?: unknown } | undefined | null | false;
+    if (x && x.store === 'redis' && x.redis === undefined) issues.push({ path: [...path, 'store'], message: 'store "redis" needs redis: {url: "redis://host:port"}' });
   }
   const poolNames = lists.map((l) => l.pool);
   if (Array.isArray(r.routes)) {

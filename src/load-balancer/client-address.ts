@@ -1,3 +1,4 @@
+import { BlockList, isIP } from 'node:net';
 /**
  * The resolved client address of a request: the peer address, or, when the peer is a trusted
  * proxy, the nearest untrusted address in X-Forwarded-For. Set once per request by the proxy's
@@ -21,4 +22,17 @@ export function clientAddress(req: IncomingMessage): string | undefined {
 export function normalizeAddress(address: string | undefined): string | undefined {
   if (address !== undefined && address.startsWith('::ffff:') && address.includes('.')) return address.slice(7);
   return address;
+}
+
+/** A BlockList of addresses and CIDR blocks (IPv4 or IPv6); undefined for an empty list. */
+export function buildBlockList(entries: readonly string[]): BlockList | undefined {
+  if (entries.length === 0) return undefined;
+  const list = new BlockList();
+  for (const entry of entries) {
+    const [addr, bits] = entry.split('/');
+    const type = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(addr, type);
+    else list.addSubnet(addr, Number(bits), type);
+  }
+  return list;
 }

@@ -54,6 +54,10 @@ export class MetricsService implements OnApplicationBootstrap {
   private readonly tunnelBytes = new BoundCounter(`${METRIC_PREFIX}websocket_bytes_total`, 'Bytes relayed through WebSocket tunnels, by direction.', ['direction'] as const);
   private readonly bytesSlots = { in: this.tunnelBytes.bind({ direction: 'client_to_backend' }), out: this.tunnelBytes.bind({ direction: 'backend_to_client' }) };
   private tunnelsOpen: () => number = () => 0;
+  private readonly rateLimits = new BoundCounter(`${METRIC_PREFIX}rate_limit_decisions_total`, 'Rate-limit decisions by route and result: allowed, limited, concurrency_limited, dry_run, allow_listed, no_key_allowed, store_error_allowed, store_error_denied.', ['route', 'result'] as const);
+  private readonly rateLimitSlots = new Map<string, number>();
+  private readonly rateLimitStoreErrors = new BoundCounter(`${METRIC_PREFIX}rate_limit_store_errors_total`, 'Outages of the rate-limit store (Redis), counted once each.', [] as const);
+  private readonly storeErrorSlot = this.rateLimitStoreErrors.bind({});
   private readonly reloads = new BoundCounter(`${METRIC_PREFIX}config_reloads_total`, 'Config reloads by result: success (applied) or failure (refused; the running config stays).', ['result'] as const);
   private readonly reloadSlots = { success: this.reloads.bind({ result: 'success' }), failure: this.reloads.bind({ result: 'failure' }) };
   private readonly errors = new BoundCounter(`${METRIC_PREFIX}proxy_errors_total`, 'Requests the proxy answered (or cut) because of an error, by RFC 9209 error type.', ['error'] as const);
@@ -91,7 +95,7 @@ export class MetricsService implements OnApplicationBootstrap {
       (b.agent as ConnectObserved).onConnect = (ms) => this.connect.observe(slot, ms / 1000);
     });
     if (!this.enabled) return;
-    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes]) this.registry.registerMetric(m as never);
+    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes, this.rateLimits, this.rateLimitStoreErrors]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
     if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
@@ -126,6 +130,20 @@ export class MetricsService implements OnApplicationBootstrap {
       this.upgradeSlots.set(result, slot);
     }
     this.upgrades.inc(slot);
+  }
+
+  recordRateLimit(route: string, result: string): void {
+    const key = `${route}\u0000${result}`;
+    let slot = this.rateLimitSlots.get(key);
+    if (slot === undefined) {
+      slot = this.rateLimits.bind({ route, result });
+      this.rateLimitSlots.set(key, slot);
+    }
+    this.rateLimits.inc(slot);
+  }
+
+  recordRateLimitStoreError(): void {
+    this.rateLimitStoreErrors.inc(this.storeErrorSlot);
   }
 
   recordTunnelBytes(fromClients: number, toClients: number): void {

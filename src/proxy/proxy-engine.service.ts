@@ -50,6 +50,9 @@ import {
 } from './proxy-errors.js';
 
 const kExchange = Symbol('proxymity.exchange');
+/** Extra response headers set before forwarding (the rate limit's quota headers). */
+export const kResponseHeaders = Symbol('proxymity.responseHeaders');
+export type WithResponseHeaders = ServerResponse & { [kResponseHeaders]?: readonly string[] };
 const kBackend = Symbol('proxymity.backend');
 
 type Forwarder = httpProxy;
@@ -158,14 +161,14 @@ export class ProxyEngine {
   }
 
   /** Answers with the error `code` (no backend involved). */
-  reject(req: IncomingMessage, res: ServerResponse, code: ProxyErrorCode, requestId: string): void {
+  reject(req: IncomingMessage, res: ServerResponse, code: ProxyErrorCode, requestId: string, extraHeaders?: readonly string[]): void {
     if (code === 'destination_unavailable') {
       this.logger.warn(`${req.method} ${req.url} -> 503 ${code}: no backend available (unhealthy, disabled or at maxConnections) [request ${requestId}]`);
     } else {
       // The client's mistake (400/413/414): worth a trace, not an alert.
       this.logger.debug(`${req.method} ${req.url?.slice(0, 200)} -> ${PROXY_ERRORS[code].status} ${code} [request ${requestId}]`);
     }
-    writeError(res, code, requestId);
+    writeError(res, code, requestId, extraHeaders);
     const status = PROXY_ERRORS[code].status;
     if (this.metrics !== undefined) {
       this.metrics.recordError(code);
@@ -332,6 +335,8 @@ export class ProxyEngine {
       let headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
       const route = ex.route;
       if (route.responseHeaders !== undefined) headers = applyResponseOps(headers, route.responseHeaders);
+      const extra = (res as WithResponseHeaders)[kResponseHeaders];
+      if (extra !== undefined) headers.push(...extra);
       if (route.pool.sticky !== undefined && backend !== undefined) {
         const cookie = this.lb.stickyCookie(route.pool, ex.req, backend);
         if (cookie !== undefined) headers.push('set-cookie', cookie);
@@ -623,7 +628,7 @@ function isBodyless(req: IncomingMessage): boolean {
 const ERROR_HEAD_503 = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store', 'retry-after', '1'];
 const ERROR_HEAD = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'];
 
-function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string): void {
+function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string, extraHeaders?: readonly string[]): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
@@ -633,6 +638,6 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   // An oversized upload is not read to its end: close the connection after the answer (nginx does too).
   if (status === 413) res.shouldKeepAlive = false;
   const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
-  res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId]);
+  res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId, ...(extraHeaders ?? [])]);
   res.end(body);
 }

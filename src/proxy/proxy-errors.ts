@@ -22,6 +22,10 @@ export const PROXY_ERRORS = {
   http_request_error: { status: 400, termination: 'bad_request', text: 'the request target is not valid' },
   uri_too_long: { status: 414, termination: 'uri_too_long', text: 'the request target is longer than the proxy accepts' },
   request_too_large: { status: 413, termination: 'request_too_large', text: 'the request body is larger than the proxy accepts' },
+  /** Rate limited (429; not an RFC 9209 type). */
+  too_many_requests: { status: 429, termination: 'rate_limited', text: 'too many requests; see Retry-After' },
+  /** The rate-limit store cannot answer and onStoreError is "deny". */
+  rate_limit_unavailable: { status: 503, termination: 'rate_limit_store_error', text: 'the rate-limit store is unavailable' },
   proxy_internal_error: { status: 502, termination: 'internal_error', text: 'the request to the backend failed' },
 } as const;
 
@@ -89,7 +93,7 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
   return 'proxy_internal_error';
 }
 
-export const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+export const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 429: 'Too Many Requests', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Precomputed error bodies: `502 Bad Gateway: the backend refused the connection (connection_refused)`. */
 export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(

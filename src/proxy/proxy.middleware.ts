@@ -10,12 +10,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Inject, Injectable, type NestMiddleware } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
+import { buildBlockList } from '../load-balancer/client-address.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
-import { applyRequestOps } from '../routing/route.js';
+import type { Verdict } from '../rate-limit/rate-limit.service.js';
+import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
-import { BlockList, isIP } from 'node:net';
 import { prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
-import { ProxyEngine } from './proxy-engine.service.js';
+import { kResponseHeaders, ProxyEngine, type WithResponseHeaders } from './proxy-engine.service.js';
 
 const SLASH = 47;
 const QUESTION = 63;
@@ -73,31 +74,42 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
       }
     }
     if (this.engine.draining) res.shouldKeepAlive = false;
-    const backend = this.lb.pick(route.pool, req);
-    if (backend === undefined) {
-      this.engine.reject(req, res, 'destination_unavailable', requestId);
+    const limit = route.rateLimit;
+    if (limit !== undefined) {
+      const verdict = limit.check(req, route.name);
+      // The Redis store answers later; the request body waits (nothing reads it until it is piped).
+      if (verdict instanceof Promise) verdict.then((v) => this.afterVerdict(req, res, route, requestId, target, v));
+      else this.afterVerdict(req, res, route, requestId, target, verdict);
       return true;
     }
+    this.dispatch(req, res, route, requestId, target);
+    return true;
+  }
+
+  private afterVerdict(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string, v: Verdict): void {
+    if (res.destroyed || req.socket.destroyed) {
+      v.release?.();
+      return; // the client left while Redis was answering
+    }
+    if (v.action === 'limit') return this.engine.reject(req, res, 'too_many_requests', requestId, v.headers);
+    if (v.action === 'unavailable') return this.engine.reject(req, res, 'rate_limit_unavailable', requestId);
+    if (v.release !== undefined) res.once('close', v.release);
+    if (v.headers !== undefined) (res as WithResponseHeaders)[kResponseHeaders] = v.headers;
+    this.dispatch(req, res, route, requestId, target);
+  }
+
+  /** Backend choice, the route's request changes, and forwarding. */
+  private dispatch(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string): void {
+    const backend = this.lb.pick(route.pool, req);
+    if (backend === undefined) return this.engine.reject(req, res, 'destination_unavailable', requestId);
     if (route.rewrites) req.url = route.rewrite(target);
     if (route.requestHeaders !== undefined) applyRequestOps(req.headers, route.requestHeaders);
     const hostHeader = route.hostHeader;
     if (hostHeader !== 'client') req.headers.host = hostHeader === 'backend' ? backend.url.host : hostHeader;
     this.engine.forward(req, res, backend, requestId, route, target);
-    return true;
   }
 }
 
-export function buildBlockList(entries: readonly string[]): BlockList | undefined {
-  if (entries.length === 0) return undefined;
-  const list = new BlockList();
-  for (const entry of entries) {
-    const [addr, bits] = entry.split('/');
-    const type = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
-    if (bits === undefined) list.addAddress(addr, type);
-    else list.addSubnet(addr, Number(bits), type);
-  }
-  return list;
-}
 
 /**
  * Absolute-form targets (`GET http://host/path`, RFC 9112 §3.2.2) are rewritten to origin-form

@@ -21,6 +21,7 @@ import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
+import { buildBlockList } from '../load-balancer/client-address.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
 import { AccessLogService } from '../logging/access-log.service.js';
 import { MetricsService, type UpgradeResult } from '../metrics/metrics.service.js';
@@ -28,7 +29,6 @@ import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
 import { buildResponseHeaders, prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
 import { classifyUpstreamError, CONNECT_TIMEOUT, ERROR_BODIES, isNotSent, isPassiveFailure, PROXY_ERRORS, READ_TIMEOUT, REASON, type ProxyErrorCode } from './proxy-errors.js';
-import { buildBlockList } from './proxy.middleware.js';
 import { FrameCursor, serverCloseFrame } from './ws-frames.js';
 
 /** How long a tunnel told to close (1001) may take before both sockets are destroyed. */

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import type { Pool } from '../load-balancer/pool.js';
+import type { RateLimitPolicy } from '../rate-limit/rate-limit.service.js';
 import { Route } from './route.js';
 
 
@@ -8,13 +9,16 @@ import { Route } from './route.js';
 export class RouteTable {
   readonly routes: readonly Route[];
 
-  constructor(cfg: ProxymityConfig, pools: ReadonlyMap<string, Pool>) {
+  /** `policy` compiles a rate limit for a scope ("global" or a route name); omit it for none. */
+  constructor(cfg: ProxymityConfig, pools: ReadonlyMap<string, Pool>, policy?: (rl: NonNullable<ProxymityConfig['rateLimit']>, scope: string) => RateLimitPolicy) {
+    const global = cfg.rateLimit !== undefined && policy !== undefined ? policy(cfg.rateLimit, 'global') : undefined;
     this.routes = Object.freeze(
       cfg.routes.map((r) => {
         const pool = pools.get(r.pool);
         // The loader has checked that every route names an existing pool.
         if (pool === undefined) throw new Error(`route "${r.name}": no pool named "${r.pool}"`);
-        return new Route(r, pool, cfg);
+        const own = r.rateLimit === false ? undefined : r.rateLimit !== undefined && policy !== undefined ? policy(r.rateLimit, r.name) : global;
+        return new Route(r, pool, cfg, own);
       }),
     );
   }

@@ -6,6 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import type { Pool } from '../load-balancer/pool.js';
+import type { RateLimitPolicy } from '../rate-limit/rate-limit.service.js';
 
 type RouteConfig = ProxymityConfig['routes'][number];
 type HeaderOpsConfig = NonNullable<RouteConfig['requestHeaders']>;
@@ -46,6 +47,8 @@ export class Route {
   readonly hostHeader: string;
   readonly requestHeaders: HeaderOps | undefined;
   readonly responseHeaders: HeaderOps | undefined;
+  /** The route's rate limit (its own, or the top-level one), if any. */
+  readonly rateLimit: RateLimitPolicy | undefined;
   /** True when the route changes the path (strip or add a prefix). */
   readonly rewrites: boolean;
   private readonly stripPrefix: string | undefined;
@@ -58,9 +61,10 @@ export class Route {
   private readonly methods: ReadonlySet<string> | undefined;
   private readonly headers: readonly (readonly [string, string])[];
 
-  constructor(cfg: RouteConfig, pool: Pool, global: ProxymityConfig) {
+  constructor(cfg: RouteConfig, pool: Pool, global: ProxymityConfig, rateLimit: RateLimitPolicy | undefined = undefined) {
     this.name = cfg.name;
     this.pool = pool;
+    this.rateLimit = rateLimit;
     const m = cfg.match;
     const hosts = m.host === undefined ? [] : typeof m.host === 'string' ? [m.host] : m.host;
     const exact = hosts.filter((h) => !h.startsWith('*.')).map((h) => h.toLowerCase());

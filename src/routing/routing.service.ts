@@ -7,22 +7,27 @@ import { Inject, Injectable } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
+import { RateLimitService } from '../rate-limit/rate-limit.service.js';
 import { RouteTable } from './route-table.js';
 
 @Injectable()
 export class RoutingService {
   table: RouteTable;
 
+  private readonly policy: ConstructorParameters<typeof RouteTable>[2];
+
   constructor(
     private readonly lb: LoadBalancerService,
+    rateLimits: RateLimitService,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
-    this.table = new RouteTable(cfg, lb.pools);
+    this.policy = (rl, scope) => rateLimits.policy(rl, scope);
+    this.table = new RouteTable(cfg, lb.pools, this.policy);
   }
 
   /** Builds the table of `cfg` over the load balancer's current pools and makes it active. */
   build(cfg: ProxymityConfig): RouteTable {
-    this.table = new RouteTable(cfg, this.lb.pools);
+    this.table = new RouteTable(cfg, this.lb.pools, this.policy);
     return this.table;
   }
 }

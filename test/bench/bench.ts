@@ -4,6 +4,9 @@
  * --no-ws skips, and --ws-only runs only, the WebSocket comparison (messages/s direct vs
  * through Proxymity, test/bench/ws.bench.ts), which otherwise runs at the end.
  *
+ * --rate-limit adds Proxymity with a rate limit that never triggers, in memory and in Redis
+ * (a redis-server started for the run).
+ *
  * --observability adds two more Proxymity instances: one with metrics off (and no access log),
  * one with metrics on and JSON access logs to a file, so the cost of both can be read off.
  *
@@ -41,6 +44,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..', '..', '..');
 const NGINX = '/usr/sbin/nginx';
 const MIB = 1024 * 1024;
+/** Helper processes (redis-server) to stop at the end. */
+const extraProcs: ChildProcess[] = [];
 
 interface Options {
   quick: boolean;
@@ -53,6 +58,8 @@ interface Options {
   scenarios: string[] | undefined;
   noStream: boolean;
   observability: boolean;
+  /** Add Proxymity with a rate limit that never triggers, in memory and in Redis (--rate-limit). */
+  rateLimit: boolean;
   /** Run the WebSocket messages/s comparison (default: yes; --no-ws skips it, --ws-only runs only it). */
   ws: boolean;
   wsOnly: boolean;
@@ -74,6 +81,7 @@ function parseOptions(argv: string[]): Options {
     scenarios: val('--scenarios')?.split(','),
     noStream: argv.includes('--no-stream'),
     observability: argv.includes('--observability'),
+    rateLimit: argv.includes('--rate-limit'),
     ws: !argv.includes('--no-ws'),
     wsOnly: argv.includes('--ws-only'),
   };
@@ -239,6 +247,15 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
   if (opts.observability) {
     variants.push(['proxymity (metrics off)', 'metrics: {enabled: false}\n']);
     variants.push(['proxymity (metrics + access log)', `accessLog: {enabled: true, output: ${join(tmp, 'access.log')}}\n`]);
+  }
+  if (opts.rateLimit) {
+    const redisPort = await freePort();
+    const redis = spawnLogged('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], tmp, 'redis');
+    extraProcs.push(redis);
+    await waitForPort(redisPort);
+    const never = 'rate: 1000000, per: 1s, key: client-ip';
+    variants.push(['proxymity (rate limit, memory)', `rateLimit: {${never}}\n`]);
+    variants.push(['proxymity (rate limit, redis)', `rateLimit: {${never}, store: redis, redis: {url: "redis://127.0.0.1:${redisPort}"}}\n`]);
   }
   for (const [name, extra] of variants) {
     const pxPort = await freePort();
@@ -445,6 +462,7 @@ async function main(): Promise<void> {
     for (const t of targets) t.proc?.kill('SIGTERM');
     originProc.kill('SIGTERM');
     sinkProc?.kill('SIGTERM');
+    for (const p of extraProcs) p.kill('SIGTERM');
   }
 }
 
