@@ -42,6 +42,7 @@ routes:
   - {match: {path: /conc/}, pool: default, rateLimit: {rate: 1000, per: 1s, key: header:x-client, maxConcurrent: 2}}
   - {match: {path: /dry/}, pool: default, rateLimit: {rate: 1, per: 1m, burst: 1, key: header:x-client, dryRun: true}}
   - {match: {path: /free/}, pool: default, rateLimit: false}
+  - {match: {path: /combo/}, pool: default, rateLimit: {rate: 1, per: 1m, burst: 1, key: [cookie:sid, route], missingKey: deny}}
   - {pool: default}
 healthCheck: {interval: 1h}
 `,
@@ -110,6 +111,14 @@ healthCheck: {interval: 1h}
     const after = await scrape(sut.adminUrl!);
     assert.equal(delta(before, after, 'proxymity_rate_limit_decisions_total', { route: 'route-3', result: 'dry_run' }), 3);
     assert.equal(delta(before, after, 'proxymity_rate_limit_decisions_total', { route: 'route-3', result: 'allowed' }), 1);
+  });
+
+  it('keys on a cookie combined with the route, and denies requests without the cookie when missingKey is deny', async () => {
+    const as = (cookie?: string) => request(`${sut.url}/combo/x`, { headers: cookie ? { cookie } : {} }).then((r) => r.status);
+    assert.equal(await as(), 429);
+    assert.equal(await as('theme=dark; sid=a1'), 200);
+    assert.equal(await as('sid=a1'), 429);
+    assert.equal(await as('sid=b2'), 200);
   });
 
   it('never limits /health', async () => {
