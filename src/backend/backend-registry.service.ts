@@ -67,7 +67,7 @@ export class BackendRegistry implements OnApplicationShutdown {
       maxFreeSockets: u.maxFreeSockets,
     };
     const agentKey = JSON.stringify(agentOptions);
-    const previous = new Map(this.all.map((b) => [`${b.id} ${b.url.href} ${JSON.stringify(b.agentOptions)}`, b]));
+    const previous = new Map(this.all.map((b) => [`${b.id} ${b.url.href} ${JSON.stringify(b.agentOptions)}${b.tlsSpec ? ` ${JSON.stringify(b.tlsSpec)}` : ''}`, b]));
     const next: Backend[] = [];
     const added: Backend[] = [];
     const kept: Backend[] = [];
@@ -75,7 +75,7 @@ export class BackendRegistry implements OnApplicationShutdown {
       for (const spec of pool.backends) {
         const b = { ...spec, pool: pool.name };
         const check = { ...pool.healthCheck, ...spec.healthCheck };
-        const key = `${spec.name} ${new URL(spec.url).href} ${agentKey}`;
+        const key = `${spec.name} ${new URL(spec.url).href} ${agentKey}${spec.tls ? ` ${JSON.stringify(spec.tls)}` : ''}`;
         const existing = previous.get(key);
         if (existing !== undefined) {
           previous.delete(key);

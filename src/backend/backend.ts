@@ -3,6 +3,7 @@
  * the registry is built: the parsed URL, request defaults, the keep-alive agent. The mutable
  * fields are counters and health state; only BackendRegistry writes health.
  */
+import { readFileSync } from 'node:fs';
 import type { Agent } from 'node:http';
 import { createUpstreamAgent, type UpstreamAgentOptions } from './upstream-agent.js';
 
@@ -19,6 +20,25 @@ export interface BackendSpec {
   /** ms; undefined = the load balancer's default. */
   readonly slowStart?: number;
   readonly healthCheck?: Partial<ProbeSpec>;
+  readonly tls?: BackendTlsSpec;
+}
+
+/** `backend[].tls` as configured (file paths). */
+export interface BackendTlsSpec {
+  readonly servername?: string;
+  readonly ca?: string;
+  readonly insecureSkipVerify: boolean;
+  readonly clientCert?: string;
+  readonly clientKey?: string;
+}
+
+/** TLS options for connections to an https backend (files read once, at build time). */
+export interface BackendTls {
+  readonly servername?: string;
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  readonly rejectUnauthorized: boolean;
 }
 
 /** The health check that applies to one backend: `healthCheck` merged with its own overrides. */
@@ -90,6 +110,10 @@ export class Backend {
   retired = false;
   readonly agent: Agent;
   readonly agentOptions: UpstreamAgentOptions;
+  /** TLS options (https backends only): given to every connection, probes and tunnels included. */
+  readonly tls: BackendTls | undefined;
+  /** `tls` as configured (part of the backend's identity on reload). */
+  readonly tlsSpec: BackendTlsSpec | undefined;
   /** The agent's pool key for this backend (plain HTTP only), to see whether a pooled socket is free. */
   readonly poolKey: string | undefined;
   /** Set once by ProxyEngine on first use; opaque to everyone else. */
@@ -139,7 +163,9 @@ export class Backend {
     this.port = this.url.port ? Number(this.url.port) : this.protocol === 'https:' ? 443 : 80;
     this.basePath = this.url.pathname === '/' ? '' : this.url.pathname.replace(/\/$/, '');
     this.enabled = cfg.enabled;
-    this.agent = createUpstreamAgent(this.protocol, agentOptions);
+    this.tls = this.protocol === 'https:' ? readTls(cfg.tls) : undefined;
+    this.tlsSpec = cfg.tls;
+    this.agent = createUpstreamAgent(this.protocol, agentOptions, this.tls);
     this.agentOptions = agentOptions;
     this.poolKey = this.protocol === 'http:' ? this.agent.getName({ host: this.hostname, port: this.port }) : undefined;
   }
@@ -179,4 +205,14 @@ export class Backend {
   destroy(): void {
     this.agent.destroy();
   }
+}
+
+function readTls(spec: BackendTlsSpec | undefined): BackendTls {
+  return {
+    servername: spec?.servername,
+    ca: spec?.ca !== undefined ? readFileSync(spec.ca) : undefined,
+    cert: spec?.clientCert !== undefined ? readFileSync(spec.clientCert) : undefined,
+    key: spec?.clientKey !== undefined ? readFileSync(spec.clientKey) : undefined,
+    rejectUnauthorized: spec?.insecureSkipVerify !== true,
+  };
 }

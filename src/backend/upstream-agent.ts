@@ -86,6 +86,10 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
 export const UpstreamHttpAgent = withPhaseTimeouts(http.Agent);
 export const UpstreamHttpsAgent = withPhaseTimeouts(https.Agent as unknown as AgentClass);
 
-export function createUpstreamAgent(protocol: string, opts: UpstreamAgentOptions): http.Agent {
-  return protocol === 'https:' ? new UpstreamHttpsAgent(opts) : new UpstreamHttpAgent(opts);
+export function createUpstreamAgent(protocol: string, opts: UpstreamAgentOptions, tls?: object): http.Agent {
+  return protocol === 'https:' ? new UpstreamHttpsAgent({ ...opts, ...stripUndefined(tls ?? {}) }) : new UpstreamHttpAgent(opts);
+}
+
+function stripUndefined(o: object): object {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
 }

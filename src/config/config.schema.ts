@@ -6,6 +6,7 @@
  * The seed format (`proxy: {host, port}` + `backend: [{name, url, enabled}]`) is a valid
  * config on its own: every other key is optional and has a default.
  */
+import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { STRATEGY_NAMES } from '../load-balancer/strategy.registry.js';
@@ -130,6 +131,28 @@ export function compilesIfRegex(v: string): boolean {
 
 const healthCheckOverride = z.strictObject(healthCheckFields).partial().describe('Per-backend overrides of any healthCheck key.');
 
+/** A file that exists and can be read (certificates, keys). */
+const readableFile = z.string().min(1).refine((f) => isReadable(f), { error: (iss) => `cannot read file ${JSON.stringify(iss.input)}` });
+
+function isReadable(file: string): boolean {
+  try {
+    accessSync(file, fsConstants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const backendTlsSchema = z
+  .strictObject({
+    servername: z.string().min(1).optional().describe('Name sent in SNI and checked against the backend\'s certificate. Default: the URL\'s host.'),
+    ca: readableFile.optional().describe('PEM file with the CA certificate(s) to trust for this backend. Default: the system\'s CAs.'),
+    insecureSkipVerify: z.boolean().prefault(false).describe('Accept any certificate (testing only). Default false.'),
+    clientCert: readableFile.optional().describe('PEM client certificate for mutual TLS.'),
+    clientKey: readableFile.optional().describe('PEM key of clientCert.'),
+  })
+  .describe('TLS to an https:// backend.');
+
 export const backendSchema = z
   .strictObject({
     name: z.string().min(1).max(128).regex(/^[A-Za-z0-9._:-]+$/, { message: 'use letters, digits, ".", "_", ":" or "-"' })
@@ -141,6 +164,7 @@ export const backendSchema = z
     maxConnections: z.number().int().min(1).max(1_000_000).optional().describe('Most requests in flight to this backend; at the cap it is skipped, all at cap gives 503. Default: no cap.'),
     slowStart: duration({ max: 3_600_000 }).optional().describe('After recovering, ramp this backend\'s weight from 10% to full over this window. Default: loadBalancer.slowStart.'),
     healthCheck: healthCheckOverride.optional(),
+    tls: backendTlsSchema.optional(),
   })
   .describe('One upstream server.');
 

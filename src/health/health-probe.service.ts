@@ -106,6 +106,7 @@ export class HealthProbeService implements OnApplicationShutdown {
           headers: { host: b.url.host, 'user-agent': USER_AGENT, accept: '*/*', ...c.headers },
           autoSelectFamily: true,
           lookup: upstreamLookup,
+          ...b.tls,
         } as http.RequestOptions,
         (res) => {
           const chunks: Buffer[] = [];

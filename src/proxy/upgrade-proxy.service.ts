@@ -174,7 +174,7 @@ class Tunnel {
     };
     let up: ClientRequest;
     try {
-      up = backend.protocol === 'https:' ? https.request({ ...options, servername: backend.hostname }) : http.request(options);
+      up = backend.protocol === 'https:' ? https.request({ ...options, ...backend.tls, servername: backend.tls?.servername ?? backend.hostname }) : http.request(options);
     } catch (err) {
       this.release();
       return this.fail(Object.assign(new Error((err as Error).message), { code: 'ERR_INVALID_REQUEST' }));

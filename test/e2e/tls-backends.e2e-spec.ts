@@ -1,0 +1,79 @@
+/**
+ * HTTPS backends through the real proxy, with certificates from a test CA made by openssl:
+ * verification with a custom CA, a wrong servername (502), insecureSkipVerify, keep-alive.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { makeTestCa, type TestCa } from '../helpers/certs.js';
+import { request } from '../helpers/http-client.js';
+import { parseConfig } from '../../src/config/index.js';
+import { startProxymity } from '../../src/proxymity.js';
+import { withAdminPortZero } from '../helpers/processes.js';
+
+describe('HTTPS backends', () => {
+  let ca: TestCa;
+  let server: https.Server;
+  let url: string;
+  let connections = 0;
+
+  before(async () => {
+    ca = makeTestCa();
+    const { cert, key } = ca.issue('backend', ['backend.test', '127.0.0.1']);
+    server = https.createServer({ cert: readFileSync(cert), key: readFileSync(key) }, (req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ backend: 'tls', path: req.url, servername: (req.socket as import('node:tls').TLSSocket).servername ?? null }));
+    });
+    server.on('secureConnection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(() => new Promise<void>((r) => server.close(() => r())));
+
+  /** The real app in front of the HTTPS backend, with `tls` as its backend's tls block. */
+  const proxyTo = (tls: string) =>
+    startProxymity(parseConfig(withAdminPortZero(`proxy: {host: 127.0.0.1, port: 0}\nbackend:\n  - name: tls\n    url: "${url}"\n    tls: ${tls}\nhealthCheck: {enabled: false}\n`), 'tls.yaml'), { logger: false });
+
+  it('verifies the backend with a custom CA and keeps connections alive', async () => {
+    const px = await proxyTo(`{ca: "${ca.caCert}", servername: backend.test}`);
+    try {
+      const before = connections;
+      for (let i = 0; i < 5; i++) {
+        const res = await request(`${px.url}/hello/${i}`);
+        assert.equal(res.status, 200, res.body);
+        assert.equal(res.json().servername, 'backend.test');
+      }
+      assert.equal(connections - before, 1, 'one TLS connection, kept alive');
+    } finally {
+      await px.close();
+    }
+  });
+
+  it('answers 502 tls_certificate_error for an unknown CA and for a wrong servername', async () => {
+    for (const tls of [`{servername: backend.test}`, `{ca: "${ca.caCert}", servername: other.test}`]) {
+      const px = await proxyTo(tls);
+      try {
+        const res = await request(`${px.url}/x`);
+        assert.equal(res.status, 502, tls);
+        assert.equal(res.headers['proxy-status'], 'proxymity; error=tls_certificate_error');
+      } finally {
+        await px.close();
+      }
+    }
+  });
+
+  it('accepts any certificate with insecureSkipVerify', async () => {
+    const px = await proxyTo('{insecureSkipVerify: true}');
+    try {
+      assert.equal((await request(`${px.url}/x`)).status, 200);
+    } finally {
+      await px.close();
+    }
+  });
+
+  it('refuses a config whose CA file cannot be read', async () => {
+    await assert.rejects(async () => proxyTo('{ca: /nonexistent/ca.pem}'), /backend\[0\]\.tls\.ca: cannot read file "\/nonexistent\/ca\.pem"/);
+  });
+});
