@@ -80,6 +80,8 @@ export class BackendRegistry implements OnApplicationShutdown {
         if (existing !== undefined) {
           previous.delete(key);
           existing.update(b, pool.slowStart, check);
+          // Down by probes and now without probes: nothing would ever bring it back, so it is up.
+          if (!check.enabled && !existing.healthy && !existing.ejected && existing.enabled) this.transition(existing, true, 'probe', 'health checks disabled by a reload');
           kept.push(existing);
           next.push(existing);
         } else {

@@ -86,7 +86,7 @@ export function diffConfigs(running: Cfg, next: Cfg): string[] {
     else if (b === undefined) out.push(`- route ${i + 1} ${a.name}: ${describeRoute(a)}`);
     else if (JSON.stringify(a) !== JSON.stringify(b)) out.push(`~ route ${i + 1} ${b.name}: ${describeRoute(a)}  =>  ${describeRoute(b)}`);
   }
-  for (const key of ['proxy', 'admin', 'metrics', 'accessLog'] as const) {
+  for (const key of ['proxy', 'admin', 'metrics', 'accessLog', 'websocket'] as const) {
     if (JSON.stringify(running[key]) !== JSON.stringify(next[key])) out.push(`! ${key} changed: needs a restart (a reload does not apply it)`);
   }
   for (const key of ['loadBalancer', 'healthCheck', 'outlierDetection', 'retry', 'upstream'] as const) {

@@ -34,7 +34,7 @@ const CODE_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'];
 export const NO_BACKEND = '';
 
 /** How a WebSocket upgrade ended (label of websocket_upgrades_total). */
-export type UpgradeResult = 'success' | 'rejected' | 'error' | 'no_route' | 'no_backend' | 'client_closed' | 'disabled';
+export type UpgradeResult = 'success' | 'rejected' | 'error' | 'no_route' | 'no_backend' | 'client_closed' | 'disabled' | 'rate_limited';
 
 /** Why a request was retried (label of retries_total). */
 export type RetryReason = 'connect_failure' | 'reset' | 'timeout' | 'status' | 'stale_connection';

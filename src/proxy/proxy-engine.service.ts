@@ -185,6 +185,7 @@ export class ProxyEngine {
   private attempt(ex: Exchange, backend: Backend): void {
     ex.backend = backend;
     ex.lastBackend = backend;
+    if (ex.route.hostHeader === 'backend') ex.req.headers.host = backend.url.host;
     ex.attempts++;
     backend.inFlight++;
     const forwarder = (backend.forwarder as Forwarder | undefined) ?? this.createForwarder(backend);
@@ -290,7 +291,7 @@ export class ProxyEngine {
     if (base === 0) return this.attempt(ex, next);
     const delay = Math.floor(Math.random() * Math.min(max, base * 2 ** (ex.attempts - 1)));
     setTimeout(() => {
-      if (!ex.closed) this.attempt(ex, next);
+      if (!ex.closed && ex.error === undefined) this.attempt(ex, next);
     }, delay);
   }
 
@@ -322,7 +323,11 @@ export class ProxyEngine {
           this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after HTTP ${status} from "${backend.id}" [request ${ex.requestId}]`);
           ex.upstream = undefined;
           this.release(ex);
-          if (ex.bodyStarted) ex.req.unpipe(up);
+          if (ex.bodyStarted) {
+            ex.req.unpipe(up);
+            // The upload to this backend is abandoned: free its connection (it never finishes otherwise).
+            if (!up.writableFinished) up.destroy();
+          }
           pres.resume();
           this.retryOn(ex, next);
           return;
@@ -594,7 +599,12 @@ function onTotalTimeout(ex: Exchange): void {
   if (ex.closed) return;
   const up = ex.upstream;
   if (up !== undefined && !up.destroyed) up.destroy(Object.assign(new Error('exchange exceeded upstream.totalTimeout'), { code: TOTAL_TIMEOUT }));
-  else if (!ex.res.headersSent) ex.engine.onUpstreamError(ex, Object.assign(new Error('exchange exceeded upstream.totalTimeout'), { code: TOTAL_TIMEOUT }));
+  else if (!ex.res.headersSent) {
+    // Between two tries (a backoff): no upstream request to cut; answer now, and the pending try is skipped.
+    ex.error = 'http_response_timeout';
+    ex.termination = PROXY_ERRORS.http_response_timeout.termination;
+    writeError(ex.res, 'http_response_timeout', ex.requestId);
+  }
   else {
     ex.error = 'http_response_timeout';
     ex.termination = PROXY_ERRORS.http_response_timeout.termination;

@@ -78,7 +78,19 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     if (limit !== undefined) {
       const verdict = limit.check(req, route.name);
       // The Redis store answers later; the request body waits (nothing reads it until it is piped).
-      if (verdict instanceof Promise) verdict.then((v) => this.afterVerdict(req, res, route, requestId, target, v));
+      if (verdict instanceof Promise) {
+        verdict.then((v) => {
+          try {
+            this.afterVerdict(req, res, route, requestId, target, v);
+          } catch (err) {
+            // A bug, not an outcome: this one request fails, the process stays up.
+            v.release?.();
+            if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
+            res.end('500 Internal Server Error: proxy_internal_error\n');
+            void err;
+          }
+        });
+      }
       else this.afterVerdict(req, res, route, requestId, target, verdict);
       return true;
     }

@@ -25,6 +25,7 @@ import { buildBlockList } from '../load-balancer/client-address.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
 import { AccessLogService } from '../logging/access-log.service.js';
 import { MetricsService, type UpgradeResult } from '../metrics/metrics.service.js';
+import type { Verdict } from '../rate-limit/rate-limit.service.js';
 import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
 import { buildResponseHeaders, prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
@@ -84,12 +85,43 @@ export class UpgradeProxy {
     if (target.length > this.maxUrlLength || target.charCodeAt(0) !== 47) return this.refuse(req, socket, requestId, target.length > this.maxUrlLength ? 'uri_too_long' : 'http_request_error', 'error');
     const route = this.routing.table.match(req);
     if (route === undefined) return this.refuse(req, socket, requestId, 'destination_not_found', 'no_route');
+    const limit = route.rateLimit;
+    if (limit === undefined) return this.open(req, socket, head, route, requestId, target, undefined);
+    let verdict: Verdict | Promise<Verdict>;
+    try {
+      verdict = limit.check(req, route.name);
+    } catch (err) {
+      this.logger.error(`rate limit check failed: ${(err as Error).stack ?? String(err)}`);
+      verdict = { action: 'allow', headers: undefined, retryAfterS: 0, release: undefined };
+    }
+    if (verdict instanceof Promise) verdict.then((v) => this.afterVerdict(req, socket, head, route, requestId, target, v), () => socket.destroy());
+    else this.afterVerdict(req, socket, head, route, requestId, target, verdict);
+  }
+
+  private afterVerdict(req: IncomingMessage, socket: Duplex, head: Buffer, route: Route, requestId: string, target: string, v: Verdict): void {
+    try {
+      if (socket.destroyed) return void v.release?.();
+      if (v.action === 'limit') return this.refuse(req, socket, requestId, 'too_many_requests', 'rate_limited', v.headers);
+      if (v.action === 'unavailable') return this.refuse(req, socket, requestId, 'rate_limit_unavailable', 'rate_limited');
+      this.open(req, socket, head, route, requestId, target, v.release);
+    } catch (err) {
+      v.release?.();
+      this.logger.error(`unexpected error handling upgrade ${req.url}: ${(err as Error).stack ?? String(err)}`);
+      socket.destroy();
+    }
+  }
+
+  private open(req: IncomingMessage, socket: Duplex, head: Buffer, route: Route, requestId: string, target: string, releaseLimit: (() => void) | undefined): void {
     const backend = this.lb.pick(route.pool, req);
-    if (backend === undefined) return this.refuse(req, socket, requestId, 'destination_unavailable', 'no_backend');
+    if (backend === undefined) {
+      releaseLimit?.();
+      return this.refuse(req, socket, requestId, 'destination_unavailable', 'no_backend');
+    }
     if (route.rewrites) req.url = route.rewrite(target);
     if (route.requestHeaders !== undefined) applyRequestOps(req.headers, route.requestHeaders);
     if (route.hostHeader !== 'client') req.headers.host = route.hostHeader === 'backend' ? backend.url.host : route.hostHeader;
     const tunnel = new Tunnel(this, req, socket as Socket, head, route, requestId, target);
+    tunnel.releaseLimit = releaseLimit;
     this.tunnels.add(tunnel);
     tunnel.connect(backend);
   }
@@ -104,10 +136,10 @@ export class UpgradeProxy {
     for (const t of this.tunnels) t.destroy('shutdown');
   }
 
-  private refuse(req: IncomingMessage, socket: Duplex, requestId: string, code: ProxyErrorCode, result: UpgradeResult): void {
+  private refuse(req: IncomingMessage, socket: Duplex, requestId: string, code: ProxyErrorCode, result: UpgradeResult, extraHeaders?: readonly string[]): void {
     this.metrics?.recordUpgrade(result);
     this.metrics?.recordError(code);
-    writeRawError(socket, code, requestId);
+    writeRawError(socket, code, requestId, extraHeaders);
     this.accessLog?.write(summary(req, req.url as string, requestId, PROXY_ERRORS[code].status, 0, 0, 0, undefined, 0, PROXY_ERRORS[code].termination, code, undefined));
   }
 
@@ -133,6 +165,9 @@ class Tunnel {
   private opened = false;
   private finished = false;
   private closing = false;
+  private closeSent = false;
+  /** Gives back a rate-limit in-flight slot (maxConcurrent), if the tunnel holds one. */
+  releaseLimit: (() => void) | undefined = undefined;
   private closeReason: string | undefined = undefined;
   private status = 0;
   private error: ProxyErrorCode | undefined = undefined;
@@ -171,7 +206,10 @@ class Tunnel {
       path: backend.basePath === '' ? this.req.url : backend.basePath + this.req.url,
       headers: this.req.headers,
       agent: false, // an upgraded connection is never pooled
+      // Makes the request emit `timeout` for its socket's timeouts (connect, then handshake).
+      timeout: this.proxy.connectTimeoutMs,
     };
+    if (this.route.hostHeader === 'backend') this.req.headers.host = backend.url.host;
     let up: ClientRequest;
     try {
       up = backend.protocol === 'https:' ? https.request({ ...options, ...backend.tls, servername: backend.tls?.servername ?? backend.hostname }) : http.request(options);
@@ -272,7 +310,10 @@ class Tunnel {
     client.on('end', () => upSocket.end());
     upSocket.on('end', () => client.end());
     client.on('close', () => this.destroy(this.closeReason ?? 'client_closed'));
-    upSocket.on('close', () => this.destroy(this.closeReason ?? 'backend_closed'));
+    upSocket.on('close', () => {
+      // After a 1001 the client gets time to answer it; its close (or the grace timer) ends the tunnel.
+      if (!this.closeSent) this.destroy(this.closeReason ?? 'backend_closed');
+    });
     // Idle: no byte either way (every message crosses the client socket) for idleTimeout.
     client.setTimeout(this.proxy.idleTimeoutMs, () => this.destroy('idle_timeout'));
     if (this.proxy.maxLifetimeMs > 0) this.lifetimeTimer = setTimeout(() => this.goAway('max_lifetime'), this.proxy.maxLifetimeMs);
@@ -312,6 +353,7 @@ class Tunnel {
   }
 
   private sendClose(): void {
+    this.closeSent = true;
     this.upSocket?.destroy();
     this.client.end(serverCloseFrame(1001, 'going away'));
   }
@@ -341,6 +383,7 @@ class Tunnel {
     if (this.lifetimeTimer !== undefined) clearTimeout(this.lifetimeTimer);
     if (this.graceTimer !== undefined) clearTimeout(this.graceTimer);
     this.release();
+    this.releaseLimit?.();
     const backend = this.lastBackend;
     this.proxy.tunnels.delete(this);
     const m = this.proxy.metrics;
@@ -367,14 +410,16 @@ function summary(
 function ignore(): void {}
 
 /** An error answer written straight to a socket that has not been upgraded. */
-function writeRawError(socket: Duplex, code: ProxyErrorCode, requestId: string): void {
+function writeRawError(socket: Duplex, code: ProxyErrorCode, requestId: string, extraHeaders?: readonly string[]): void {
   if (socket.destroyed || !socket.writable) {
     socket.destroy();
     return;
   }
   const status = PROXY_ERRORS[code].status;
   const body = ERROR_BODIES[code];
+  let extra = '';
+  if (extraHeaders !== undefined) for (let i = 0; i < extraHeaders.length; i += 2) extra += `${extraHeaders[i]}: ${extraHeaders[i + 1]}\r\n`;
   socket.end(
-    `HTTP/1.1 ${status} ${REASON[status] ?? ''}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n${status === 503 ? 'retry-after: 1\r\n' : ''}content-length: ${Buffer.byteLength(body)}\r\nproxy-status: proxymity; error=${code}\r\nx-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${status} ${REASON[status] ?? ''}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n${status === 503 ? 'retry-after: 1\r\n' : ''}content-length: ${Buffer.byteLength(body)}\r\nproxy-status: proxymity; error=${code}\r\nx-request-id: ${requestId}\r\n${extra}connection: close\r\n\r\n${body}`,
   );
 }

@@ -14,6 +14,16 @@ describe('gcra', () => {
     assert.equal(sut.decide('k', p, 100).allowed, false);
   });
 
+  it('allows the whole burst when the interval is not a whole number of ms (no float drift)', () => {
+    for (const rate of [3, 7, 9, 11, 13]) {
+      const q = { intervalMs: 1000 / rate, capacityMs: (1000 / rate) * rate };
+      const sut = new MemoryGcraStore(10);
+      const now = 1_764_530_000_000;
+      const allowed = Array.from({ length: rate + 1 }, () => sut.decide('k', q, now).allowed).filter(Boolean).length;
+      assert.equal(allowed, rate, `rate ${rate}`);
+    }
+  });
+
   it('reports remaining quota, retry-after and reset', () => {
     const first = gcra(0, 0, p).result;
     assert.deepEqual(first, { allowed: true, remaining: 4, retryAfterMs: 0, resetMs: 100 });

@@ -26,10 +26,13 @@ export function gcra(tat: number, now: number, p: GcraParams): { result: GcraRes
   const base = tat > now ? tat : now;
   const newTat = base + p.intervalMs;
   const ahead = newTat - now;
-  if (ahead > p.capacityMs) {
+  // A tolerance of 0.1% of an interval: with epoch-ms timestamps, sums of intervals such as
+  // 1000/7 ms drift past the capacity by a few ulps and would refuse the last request of a burst.
+  const tolerance = Math.max(p.intervalMs * 1e-3, 1e-3);
+  if (ahead > p.capacityMs + tolerance) {
     return { result: { allowed: false, remaining: 0, retryAfterMs: ahead - p.capacityMs, resetMs: base - now }, newTat: tat };
   }
-  return { result: { allowed: true, remaining: Math.floor((p.capacityMs - ahead) / p.intervalMs), retryAfterMs: 0, resetMs: ahead }, newTat };
+  return { result: { allowed: true, remaining: Math.floor((p.capacityMs - ahead + tolerance) / p.intervalMs), retryAfterMs: 0, resetMs: ahead }, newTat };
 }
 
 /**
@@ -78,9 +81,10 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local newTat = tat + interval
 local ahead = newTat - now
-if ahead > capacity then
+local tolerance = math.max(interval * 0.001, 0.001)
+if ahead > capacity + tolerance then
   return {0, 0, math.ceil(ahead - capacity), math.ceil(tat - now)}
 end
 redis.call('SET', KEYS[1], newTat, 'PX', math.ceil(ahead))
-return {1, math.floor((capacity - ahead) / interval), 0, math.ceil(ahead)}
+return {1, math.floor((capacity - ahead + tolerance) / interval), 0, math.ceil(ahead)}
 `;

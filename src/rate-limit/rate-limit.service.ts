@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { BlockList } from 'node:net';
-import { Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
+import { Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { buildBlockList, clientAddress, normalizeAddress } from '../load-balancer/client-address.js';
@@ -42,7 +42,10 @@ export class RateLimitPolicy {
   private readonly parts: KeyPart[];
   private readonly allowList: BlockList | undefined;
   private readonly policyHeader: string;
-  private readonly inFlight = new Map<string, number>();
+  /** The scope as a header token (route names may hold any character). */
+  private readonly label: string;
+  /** In-flight requests per key (maxConcurrent); shared by the policies of one scope across reloads. */
+  private readonly inFlight: Map<string, number>;
 
   constructor(
     readonly cfg: RateLimitConfig,
@@ -56,8 +59,10 @@ export class RateLimitPolicy {
     const keys = typeof cfg.key === 'string' ? [cfg.key] : cfg.key;
     this.parts = keys.map((k) => keyPart(k, cfg.ipv6Prefix));
     this.allowList = buildBlockList(cfg.allow);
+    this.inFlight = service.inFlightOf(scope);
+    this.label = scope.replace(/[^A-Za-z0-9._~-]/g, '_');
     // draft-ietf-httpapi-ratelimit-headers: quota q requests per window w seconds.
-    this.policyHeader = `"${scope}";q=${this.burst};w=${Math.max(1, Math.round((this.burst * interval) / 1000))}`;
+    this.policyHeader = `"${this.label}";q=${this.burst};w=${Math.max(1, Math.round((this.burst * interval) / 1000))}`;
   }
 
   /** The verdict for a request (a Promise only with the Redis store). */
@@ -76,39 +81,53 @@ export class RateLimitPolicy {
         key += '|(none)';
       } else key += `|${v}`;
     }
-    if (cfg.maxConcurrent !== undefined && (this.inFlight.get(key) ?? 0) >= cfg.maxConcurrent) {
-      return this.service.count(route, cfg.dryRun ? 'dry_run' : 'concurrency_limited', cfg.dryRun ? ALLOW : this.limited({ allowed: false, remaining: 0, retryAfterMs: 1000, resetMs: 1000 }));
+    // The in-flight slot is taken before the (possibly asynchronous) decision, so concurrent
+    // requests of one key cannot all pass the check while Redis answers; a refusal gives it back.
+    let release: (() => void) | undefined;
+    if (cfg.maxConcurrent !== undefined) {
+      if ((this.inFlight.get(key) ?? 0) >= cfg.maxConcurrent && !cfg.dryRun) {
+        return this.service.count(route, 'concurrency_limited', this.limited({ allowed: false, remaining: 0, retryAfterMs: 1000, resetMs: 1000 }));
+      }
+      release = this.take(key);
     }
     const decided = this.service.decide(this, key);
-    if (decided instanceof Promise) return decided.then((r) => this.verdict(r, key, route));
-    return this.verdict(decided, key, route);
+    if (decided instanceof Promise) return decided.then((r) => this.verdict(r, key, route, release));
+    return this.verdict(decided, key, route, release);
   }
 
-  private verdict(r: GcraResult | 'error', key: string, route: string): Verdict {
-    if (r === 'error') return this.service.count(route, this.cfg.onStoreError === 'allow' ? 'store_error_allowed' : 'store_error_denied', this.cfg.onStoreError === 'allow' ? ALLOW : { action: 'unavailable', headers: undefined, retryAfterS: 1, release: undefined });
+  private verdict(r: GcraResult | 'error', key: string, route: string, release: (() => void) | undefined): Verdict {
+    if (r === 'error') {
+      if (this.cfg.onStoreError === 'allow') return this.service.count(route, 'store_error_allowed', this.admit(release, undefined));
+      release?.();
+      return this.service.count(route, 'store_error_denied', { action: 'unavailable', headers: undefined, retryAfterS: 1, release: undefined });
+    }
     if (!r.allowed) {
       if (this.cfg.dryRun) {
         this.service.dryRun(this.scope, key);
-        return this.service.count(route, 'dry_run', this.admit(key, undefined));
+        return this.service.count(route, 'dry_run', this.admit(release, undefined));
       }
+      release?.();
       return this.service.count(route, 'limited', this.limited(r));
     }
-    return this.service.count(route, 'allowed', this.admit(key, this.cfg.headers ? this.quotaHeaders(r) : undefined));
+    return this.service.count(route, 'allowed', this.admit(release, this.cfg.headers ? this.quotaHeaders(r) : undefined));
   }
 
-  private admit(key: string, headers: string[] | undefined): Verdict {
-    if (this.cfg.maxConcurrent === undefined) return headers === undefined ? ALLOW : { action: 'allow', headers, retryAfterS: 0, release: undefined };
+  private admit(release: (() => void) | undefined, headers: string[] | undefined): Verdict {
+    if (release === undefined && headers === undefined) return ALLOW;
+    return { action: 'allow', headers, retryAfterS: 0, release };
+  }
+
+  /** Takes an in-flight slot of `key`; the returned function gives it back (once). */
+  private take(key: string): () => void {
     const m = this.inFlight;
     m.set(key, (m.get(key) ?? 0) + 1);
-    return {
-      action: 'allow',
-      headers,
-      retryAfterS: 0,
-      release: () => {
-        const n = (m.get(key) ?? 1) - 1;
-        if (n <= 0) m.delete(key);
-        else m.set(key, n);
-      },
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      const n = (m.get(key) ?? 1) - 1;
+      if (n <= 0) m.delete(key);
+      else m.set(key, n);
     };
   }
 
@@ -118,16 +137,17 @@ export class RateLimitPolicy {
   }
 
   private quotaHeaders(r: GcraResult): string[] {
-    return ['ratelimit-policy', this.policyHeader, 'ratelimit', `"${this.scope}";r=${r.remaining};t=${Math.ceil(r.resetMs / 1000)}`];
+    return ['ratelimit-policy', this.policyHeader, 'ratelimit', `"${this.label}";r=${r.remaining};t=${Math.ceil(r.resetMs / 1000)}`];
   }
 }
 
 @Injectable()
-export class RateLimitService implements OnApplicationShutdown {
+export class RateLimitService implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger('RateLimit');
   private memory: MemoryGcraStore | undefined;
   private readonly redis = new Map<string, { client: Redis; up: boolean; timeoutMs: number }>();
   private readonly lastDryRunLog = new Map<string, number>();
+  private readonly inFlightByScope = new Map<string, Map<string, number>>();
 
   constructor(private readonly metrics: MetricsService) {}
 
@@ -136,6 +156,16 @@ export class RateLimitService implements OnApplicationShutdown {
     if (cfg.store === 'memory') this.memory ??= new MemoryGcraStore(cfg.maxKeys);
     else if (cfg.redis !== undefined) this.client(cfg.redis.url, cfg.redis.timeout);
     return new RateLimitPolicy(cfg, scope, this);
+  }
+
+  /** @internal the in-flight counts of a scope (kept across reloads). */
+  inFlightOf(scope: string): Map<string, number> {
+    let m = this.inFlightByScope.get(scope);
+    if (m === undefined) {
+      m = new Map();
+      this.inFlightByScope.set(scope, m);
+    }
+    return m;
   }
 
   /** @internal one GCRA decision in the policy's store. */
@@ -203,6 +233,29 @@ export class RateLimitService implements OnApplicationShutdown {
       this.redis.set(url, entry);
     }
     return entry;
+  }
+
+  /**
+   * Start-up waits (up to 3 s) for each Redis to be connected, so the first requests are not
+   * decided by onStoreError only because the connection was still being opened.
+   */
+  async onApplicationBootstrap(): Promise<void> {
+    await Promise.all(
+      [...this.redis.entries()].map(
+        ([url, { client }]) =>
+          new Promise<void>((resolve) => {
+            if (client.status === 'ready') return resolve();
+            const timer = setTimeout(() => {
+              this.logger.warn(`Redis ${url} is not reachable yet; starting anyway (onStoreError decides until it is)`);
+              resolve();
+            }, 3000);
+            client.once('ready', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+          }),
+      ),
+    );
   }
 
   onApplicationShutdown(): void {

@@ -11,7 +11,7 @@
  * take no new requests and are closed once idle.
  */
 import { watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import { ConfigStore, configVersion } from '../config/config-store.js';
@@ -24,7 +24,7 @@ import { MetricsService } from '../metrics/metrics.service.js';
 import { RoutingService } from '../routing/routing.service.js';
 
 /** Top-level keys a reload cannot change (listeners and process-wide settings). */
-const RESTART_ONLY = ['proxy', 'admin', 'metrics', 'accessLog'] as const;
+const RESTART_ONLY = ['proxy', 'admin', 'metrics', 'accessLog', 'websocket'] as const;
 const DEBOUNCE_MS = 200;
 
 export interface ReloadResult {
@@ -58,10 +58,11 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     // Watch the directory: editors and config management replace the file (rename), which a
     // watch on the file itself would lose.
     const dir = dirname(resolve(file));
-    const name = basename(file);
     try {
       this.watcher = watch(dir, (_event, changed) => {
-        if (changed !== null && changed !== name) return;
+        // Any name: a Kubernetes ConfigMap swaps a `..data` symlink, never touching the file's own
+        // name. An unchanged file is recognised by its version and costs one parse.
+        void changed;
         if (this.debounce !== undefined) clearTimeout(this.debounce);
         this.debounce = setTimeout(() => void this.reloadFromFile('file change'), DEBOUNCE_MS);
       });

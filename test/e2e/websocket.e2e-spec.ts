@@ -8,6 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import type { Server } from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -236,6 +237,43 @@ describe('WebSocket failover and shutdown', () => {
     } finally {
       await sut.close();
       await closeAll(live);
+    }
+  });
+
+  it('answers 504 when a backend accepts the connection but never answers the handshake', async () => {
+    const silent = net.createServer((s) => s.on('error', () => undefined)); // accepts, says nothing
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const sut = await startProxy([`http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}\nupstream: {timeout: 300ms}\n');
+    try {
+      const err = await open(sut.url).then(
+        () => assert.fail('expected a 504'),
+        (e: { status: number; headers: Record<string, string> }) => e,
+      );
+      assert.equal(err.status, 504);
+      assert.equal(err.headers['proxy-status'], 'proxymity; error=http_response_timeout');
+      assert.equal(sut.app.get(UpgradeProxy).tunnels.size, 0);
+    } finally {
+      await sut.close();
+      silent.close();
+    }
+  });
+
+  it('applies the route\'s rate limit to upgrades', async () => {
+    const backends = await startBackends(1);
+    const sut = await startProxy(backends, 'healthCheck: {interval: 1h}\nrateLimit: {rate: 1, per: 1m, burst: 1, key: client-ip}\n');
+    try {
+      const first = await open(sut.url);
+      const err = await open(sut.url).then(
+        () => assert.fail('expected a 429'),
+        (e: { status: number; headers: Record<string, string> }) => e,
+      );
+      assert.equal(err.status, 429);
+      assert.match(err.headers['retry-after'], /^\d+$/);
+      first.ws.close();
+      await closed(first.ws);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
     }
   });
 
