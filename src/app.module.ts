@@ -8,6 +8,7 @@ import { LoggingModule } from './logging/index.js';
 import { MetricsModule } from './metrics/index.js';
 import { ProxyModule } from './proxy/index.js';
 import { ReloadModule } from './reload/index.js';
+import { TlsModule } from './tls/index.js';
 
 @Module({})
 export class AppModule {
@@ -15,7 +16,7 @@ export class AppModule {
   static forRoot(config: ProxymityConfig, file?: string): DynamicModule {
     return {
       module: AppModule,
-      imports: [ConfigModule.forRoot(config, file), BackendModule, LoadBalancerModule, ProxyModule, HealthModule.forRoot(config.proxy.healthPath), MetricsModule, LoggingModule, ReloadModule, AdminModule],
+      imports: [ConfigModule.forRoot(config, file), BackendModule, LoadBalancerModule, ProxyModule, HealthModule.forRoot(config.proxy.healthPath), MetricsModule, LoggingModule, ReloadModule, AdminModule, TlsModule],
     };
   }
 }

@@ -9,6 +9,7 @@ import { AdminListenError } from './admin/index.js';
 import { ConfigError, configJsonSchema, configVersion, diffConfigs, loadConfigFile, redactSecrets, resolveConfigPath, summarize, type ProxymityConfig } from './config/index.js';
 import { AppLogger, LOG_LEVELS as LEVELS, type LogFormat } from './logging/index.js';
 import { startProxymity } from './proxymity.js';
+import { ListenerError } from './tls/index.js';
 
 const FORMATS: readonly string[] = ['auto', 'json', 'pretty'];
 const USAGE = `Usage: proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]
@@ -84,7 +85,7 @@ async function main(argv: string[]): Promise<void> {
     proxy = await startProxymity(config, { logger: appLogger, configFile });
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { syscall?: string; path?: string };
-    if (e instanceof AdminListenError) return fail(e.message, 1);
+    if (e instanceof AdminListenError || e instanceof ListenerError) return fail(e.message, 1);
     if (e.syscall === 'open' && e.path === config.accessLog.output) return fail(`accessLog.output: cannot open ${e.path}: ${e.code} (${e.message})`, 1);
     if (e.syscall === 'listen' || e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND') {
       return fail(`cannot listen on ${config.proxy.host}:${config.proxy.port}: ${e.code} (${e.message})`, 1);

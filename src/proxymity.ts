@@ -9,6 +9,7 @@ import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { AdminServer } from './admin/index.js';
 import { AppModule } from './app.module.js';
+import { ListenersService } from './tls/index.js';
 import { ProxyHttpAdapter } from './proxy/index.js';
 import type { ProxymityConfig } from './config/index.js';
 
@@ -20,6 +21,8 @@ export interface RunningProxymity {
   readonly port: number;
   /** The admin listener's URL (undefined when admin.enabled is false). */
   readonly adminUrl: string | undefined;
+  /** URLs of the extra listeners (`listeners:`), by name. */
+  readonly listeners: Record<string, string>;
   /** Graceful shutdown, as on SIGTERM. */
   close(signal?: string): Promise<void>;
 }
@@ -54,6 +57,7 @@ export async function startProxymity(config: ProxymityConfig, opts: StartOptions
     server,
     port: address.port,
     adminUrl: app.get(AdminServer).url,
+    listeners: app.get(ListenersService).urls(),
     url: `http://${host}:${address.port}`,
     // NestApplicationContext.close(signal) passes the signal to the shutdown hooks; its type omits it.
     close: (signal?: string) => (app.close as (signal?: string) => Promise<void>).call(app, signal),

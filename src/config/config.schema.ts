@@ -386,6 +386,30 @@ export const configSchema = z
       })
       .prefault({})
       .describe('How the proxy talks to backends.'),
+    listeners: z
+      .array(
+        z.strictObject({
+          name: z.string().min(1).max(64).optional().describe('Name in logs and metrics. Default: "PROTOCOL-PORT".'),
+          host: z.string().min(1).prefault('0.0.0.0').describe('Address. Default "0.0.0.0".'),
+          port: port.describe('Port; 0 picks a free one.'),
+          protocol: z.enum(['https', 'redirect']).describe('"https": TLS termination (HTTP/2 and HTTP/1.1); "redirect": plain HTTP answering 308 to https.'),
+          certificates: z
+            .array(
+              z.strictObject({
+                cert: readableFile.describe('PEM certificate chain (leaf first).'),
+                key: readableFile.describe('PEM private key.'),
+                passphraseEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional().describe('Environment variable holding the key\'s passphrase.'),
+              }),
+            )
+            .optional()
+            .describe('https: certificates, chosen by SNI (exact name, then wildcard, then the first one). Reloaded when the files change and on SIGHUP.'),
+          http2: z.boolean().prefault(true).describe('https: offer HTTP/2 (ALPN h2) besides HTTP/1.1. Default true.'),
+          hsts: z.string().min(1).optional().describe('https: Strict-Transport-Security value added to responses, e.g. "max-age=31536000; includeSubDomains". Default: none.'),
+          redirectPort: port.prefault(443).describe('redirect: the https port in Location (omitted when 443). Default 443.'),
+        }),
+      )
+      .prefault([])
+      .describe('Listeners besides proxy.host:proxy.port (plain HTTP): HTTPS with HTTP/2, and HTTP-to-HTTPS redirects.'),
     rateLimit: rateLimitSchema.optional().describe('Rate limit for every route that does not set its own. Default: none.'),
     websocket: z
       .strictObject({
@@ -488,6 +512,13 @@ export function crossFieldIssues(raw: unknown): { path: (string | number)[]; mes
   for (const { path, rl } of rls) {
     const x = rl as { store?: unknown; redis?: unknown } | undefined | null | false;
     if (x && x.store === 'redis' && x.redis === undefined) issues.push({ path: [...path, 'store'], message: 'store "redis" needs redis: {url: "redis://host:port"}' });
+  }
+  const listeners = (raw as { listeners?: unknown })?.listeners;
+  if (Array.isArray(listeners)) {
+    listeners.forEach((l, i) => {
+      const x = l as { protocol?: unknown; certificates?: unknown } | null;
+      if (x?.protocol === 'https' && (!Array.isArray(x.certificates) || x.certificates.length === 0)) issues.push({ path: ['listeners', i, 'protocol'], message: 'an https listener needs certificates: [{cert: FILE, key: FILE}]' });
+    });
   }
   const poolNames = lists.map((l) => l.pool);
   if (Array.isArray(r.routes)) {

@@ -119,9 +119,11 @@ export class AccessLogService implements OnApplicationShutdown {
     let line =
       `{"time":"${isoNow()}","request_id":${JSON.stringify(r.requestId)},"client_ip":${JSON.stringify(clientAddress(req) ?? peer)},"peer_ip":${JSON.stringify(peer)}` +
       `,"method":${JSON.stringify(req.method ?? '')},"host":${jsonOrNull(str(h['x-forwarded-host']) ?? str(h.host))},"path":${JSON.stringify(r.target)},"protocol":"HTTP/${req.httpVersion}"` +
-      `,"status":${r.status},"bytes_in":${r.bytesIn},"bytes_out":${r.bytesOut},"duration_ms":${round(r.durationMs)}` +
+      `,"status":${r.status},"bytes_in":${num(r.bytesIn)},"bytes_out":${num(r.bytesOut)},"duration_ms":${round(r.durationMs)}` +
       `,"upstream_connect_ms":${r.connectMs < 0 ? 'null' : round(r.connectMs)},"upstream_header_ms":${r.headerMs < 0 ? 'null' : round(r.headerMs)}` +
       `,"backend":${jsonOrNull(r.backend)},"attempts":${r.attempts},"termination":${jsonOrNull(r.termination)},"error":${jsonOrNull(r.error)},"user_agent":${jsonOrNull(str(h['user-agent']))}`;
+    const tlsSocket = req.socket as { encrypted?: boolean; getProtocol?: () => string | null; getCipher?: () => { name: string } };
+    if (tlsSocket.encrypted === true) line += `,"tls_version":${jsonOrNull(tlsSocket.getProtocol?.() ?? undefined)},"tls_cipher":${jsonOrNull(tlsSocket.getCipher?.()?.name)}`;
     if (r.closeReason !== undefined) line += `,"close_reason":${JSON.stringify(r.closeReason)}`;
     if (this.requestHeaders.length > 0) line += `,"request_headers":${JSON.stringify(this.pickRequestHeaders(req))}`;
     if (this.responseHeaders.size > 0 && r.responseHeaders !== undefined) line += `,"response_headers":${JSON.stringify(this.pickResponseHeaders(r.responseHeaders))}`;
@@ -132,7 +134,7 @@ export class AccessLogService implements OnApplicationShutdown {
   private combinedLine(r: RequestSummary): string {
     const req = r.req;
     const h = req.headers;
-    return `${clientAddress(req) ?? normalizeAddress(req.socket.remoteAddress) ?? '-'} - - [${clfTime(new Date())}] "${req.method} ${escapeQuoted(r.target)} HTTP/${req.httpVersion}" ${r.status} ${r.bytesOut} "${escapeQuoted(str(h.referer) ?? '-')}" "${escapeQuoted(str(h['user-agent']) ?? '-')}" ${r.requestId} ${round(r.durationMs)}ms ${r.backend ?? '-'} ${r.termination ?? '-'}\n`;
+    return `${clientAddress(req) ?? normalizeAddress(req.socket.remoteAddress) ?? '-'} - - [${clfTime(new Date())}] "${req.method} ${escapeQuoted(r.target)} HTTP/${req.httpVersion}" ${r.status} ${Number.isFinite(r.bytesOut) ? r.bytesOut : '-'} "${escapeQuoted(str(h.referer) ?? '-')}" "${escapeQuoted(str(h['user-agent']) ?? '-')}" ${r.requestId} ${round(r.durationMs)}ms ${r.backend ?? '-'} ${r.termination ?? '-'}\n`;
   }
 
   private pickRequestHeaders(req: IncomingMessage): Record<string, string | null> {
@@ -182,6 +184,8 @@ function compileStatusFilter(items: readonly string[]): ((status: number) => boo
 
 const round = (ms: number): number => Math.round(ms * 1000) / 1000;
 const jsonOrNull = (v: string | undefined): string => (v === undefined ? 'null' : JSON.stringify(v));
+/** A count, or null where the connection cannot tell (bytes_out of an HTTP/2 stream). */
+const num = (n: number): string => (Number.isFinite(n) ? String(n) : 'null');
 
 let isoMs = 0;
 let isoText = '';

@@ -118,6 +118,21 @@ export class MetricsService implements OnApplicationBootstrap {
     });
   }
 
+  /** Where the TLS listeners' certificates are (read at scrape: seconds until each expires). */
+  readCertificatesFrom(read: () => { name: string; notAfter: Date }[]): void {
+    if (!this.enabled) return;
+    new Gauge({
+      name: `${METRIC_PREFIX}tls_certificate_expiry_seconds`,
+      help: 'Seconds until each served certificate expires (negative once expired).',
+      labelNames: ['name'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const c of read()) this.set({ name: c.name }, Math.round((c.notAfter.getTime() - Date.now()) / 1000));
+      },
+    });
+  }
+
   /** The upgrade proxy tells where its open-tunnel count lives (read at scrape). */
   readTunnelsFrom(read: () => number): void {
     this.tunnelsOpen = read;

@@ -23,7 +23,9 @@
  */
 import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
-import { Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
 import httpProxy from 'http-proxy';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
@@ -132,17 +134,21 @@ export class ProxyEngine {
   private readonly accessLog: AccessLogService | undefined;
   /** Request bodies are counted for the access log (bytes_in). */
   readonly countBodies: boolean;
+  /** Strict-Transport-Security added to responses on TLS connections (the https listener's `hsts`). */
+  private readonly hsts: string | undefined;
 
   constructor(
     private readonly registry: BackendRegistry,
     private readonly lb: LoadBalancerService,
     metrics: MetricsService,
     accessLog: AccessLogService,
+    @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.metrics = metrics.enabled ? metrics : undefined;
     metrics.readInFlightFrom(() => this.inFlight);
     this.accessLog = accessLog.enabled ? accessLog : undefined;
     this.countBodies = accessLog.enabled;
+    this.hsts = cfg.listeners.find((l) => l.protocol === 'https' && l.hsts !== undefined)?.hsts;
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
@@ -342,11 +348,14 @@ export class ProxyEngine {
       if (route.responseHeaders !== undefined) headers = applyResponseOps(headers, route.responseHeaders);
       const extra = (res as WithResponseHeaders)[kResponseHeaders];
       if (extra !== undefined) headers.push(...extra);
+      if (this.hsts !== undefined && (ex.req.socket as { encrypted?: boolean }).encrypted === true) headers.push('strict-transport-security', this.hsts);
       if (route.pool.sticky !== undefined && backend !== undefined) {
         const cookie = this.lb.stickyCookie(route.pool, ex.req, backend);
         if (cookie !== undefined) headers.push('set-cookie', cookie);
       }
-      res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
+      // HTTP/2 has no reason phrase (Node warns if one is given).
+      if (ex.req.httpVersionMajor === 2) res.writeHead(pres.statusCode ?? 502, headers);
+      else res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
       if (this.accessLog?.wantsResponseHeaders === true) ex.responseHeaders = headers;
     } catch (err) {
       // Node refuses a header the backend sent (e.g. an invalid character): that is a bad response.

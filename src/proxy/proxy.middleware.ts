@@ -49,7 +49,7 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     const own = this.ownPath;
     if (url.startsWith(own) && (url.length === own.length || url.charCodeAt(own.length) === QUESTION)) return false;
 
-    const requestId = prepareRequestHeaders(req, 'http', this.policy);
+    const requestId = prepareRequestHeaders(req, (req.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', this.policy);
     if (url.length > this.maxUrlLength) {
       this.engine.reject(req, res, 'uri_too_long', requestId);
       return true;

@@ -75,7 +75,7 @@ export class UpgradeProxy {
   handle(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', ignore); // before anything else: a reset client must not crash the process
     const upgrade = req.headers.upgrade as string;
-    const requestId = prepareRequestHeaders(req, 'http', this.policy);
+    const requestId = prepareRequestHeaders(req, (req.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', this.policy);
     // prepareRequestHeaders removes hop-by-hop fields; an upgrade needs these two back.
     req.headers.connection = 'upgrade';
     req.headers.upgrade = upgrade;

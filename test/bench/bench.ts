@@ -29,6 +29,24 @@ import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
 import { runWrk, type WrkResult } from './wrk.js';
 import { benchWebSocket, type WsBenchResult } from './ws.bench.js';
 
+/** h2load over HTTP/2 (64 clients, 10 streams each) against the HTTPS listener, when h2load is installed. */
+async function runH2load(target: Target | undefined, opts: Options): Promise<string | undefined> {
+  if (target === undefined) return undefined;
+  try {
+    execFileSync('h2load', ['--version'], { stdio: 'ignore' });
+  } catch {
+    return 'h2load is not installed (apt-get install nghttp2-client): HTTP/2 figures left out';
+  }
+  const lines = ['| h2load (HTTP/2, 64 clients × 10 streams) | req/s | p50 ms |', '|---|---:|---:|'];
+  for (let round = 0; round < opts.rounds; round++) {
+    const out = execFileSync('h2load', ['-D', String(opts.durationS), '-c', '64', '-m', '10', '-t', '1', `${target.url}/`], { encoding: 'utf8', timeout: (opts.durationS + 30) * 1000 });
+    const rps = /finished in [\d.]+\w*, ([\d.]+) req\/s/.exec(out)?.[1];
+    const p50 = /time for request:\s+\S+\s+\S+\s+(\S+)/.exec(out)?.[1];
+    lines.push(`| round ${round + 1} | ${rps ?? '?'} | ${p50 ?? '?'} |`);
+  }
+  return lines.join('\n');
+}
+
 function renderWs(r: WsBenchResult): string[] {
   const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
   return [
@@ -60,6 +78,8 @@ interface Options {
   observability: boolean;
   /** Add Proxymity with a rate limit that never triggers, in memory and in Redis (--rate-limit). */
   rateLimit: boolean;
+  /** Add Proxymity's HTTPS listener as a target (wrk over TLS), and h2load over HTTP/2 when installed (--tls). */
+  tls: boolean;
   /** Run the WebSocket messages/s comparison (default: yes; --no-ws skips it, --ws-only runs only it). */
   ws: boolean;
   wsOnly: boolean;
@@ -82,6 +102,7 @@ function parseOptions(argv: string[]): Options {
     noStream: argv.includes('--no-stream'),
     observability: argv.includes('--observability'),
     rateLimit: argv.includes('--rate-limit'),
+    tls: argv.includes('--tls'),
     ws: !argv.includes('--no-ws'),
     wsOnly: argv.includes('--ws-only'),
   };
@@ -243,7 +264,12 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
 
   const targets: Target[] = [{ name: 'direct', url: originUrls[0], pid: undefined }];
 
-  const variants: [name: string, extra: string][] = [['proxymity', '']];
+  const variants: [name: string, extra: string, tlsPort?: number][] = [['proxymity', '']];
+  if (opts.tls) {
+    const tlsPort = await freePort();
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(tmp, 'tls.key'), '-out', join(tmp, 'tls.crt'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
+    variants.push(['proxymity (https)', `listeners: [{port: ${tlsPort}, host: 127.0.0.1, protocol: https, certificates: [{cert: "${join(tmp, 'tls.crt')}", key: "${join(tmp, 'tls.key')}"}]}]\n`, tlsPort]);
+  }
   if (opts.observability) {
     variants.push(['proxymity (metrics off)', 'metrics: {enabled: false}\n']);
     variants.push(['proxymity (metrics + access log)', `accessLog: {enabled: true, output: ${join(tmp, 'access.log')}}\n`]);
@@ -257,12 +283,12 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
     variants.push(['proxymity (rate limit, memory)', `rateLimit: {${never}}\n`]);
     variants.push(['proxymity (rate limit, redis)', `rateLimit: {${never}, store: redis, redis: {url: "redis://127.0.0.1:${redisPort}"}}\n`]);
   }
-  for (const [name, extra] of variants) {
+  for (const [name, extra, tlsPort] of variants) {
     const pxPort = await freePort();
     const cfg = join(tmp, `${name.replace(/\W+/g, '-')}.yaml`);
     writeFileSync(cfg, `proxy: {host: 127.0.0.1, port: ${pxPort}}\nadmin: {port: 0}\n${extra}backend:\n${originUrls.map((u, i) => `  - name: origin-${i + 1}\n    url: ${u}\n`).join('')}`);
     const px = spawnLogged(process.execPath, [join(ROOT, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], tmp, name.replace(/\W+/g, '-'));
-    targets.push({ name, url: `http://127.0.0.1:${pxPort}`, pid: px.pid, proc: px });
+    targets.push({ name, url: tlsPort !== undefined ? `https://127.0.0.1:${tlsPort}` : `http://127.0.0.1:${pxPort}`, pid: px.pid, proc: px });
   }
 
   const barePort = await freePort();
@@ -449,8 +475,9 @@ async function main(): Promise<void> {
     }
 
     const picks = benchPicks(opts.quick ? 200 : 400);
+    const h2 = opts.tls ? await runH2load(targets.find((t) => t.name === 'proxymity (https)'), opts) : undefined;
     const ws = opts.ws ? await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 }) : undefined;
-    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...(ws ? renderWs(ws) : [])].join('\n');
+    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
     console.log(md);
     const dir = join(ROOT, 'bench-results');
     mkdirSync(dir, { recursive: true });

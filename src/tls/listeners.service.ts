@@ -1,0 +1,201 @@
+/**
+ * Listeners besides the plain-HTTP one (`listeners:`): HTTPS with HTTP/2 (Node's http2 secure
+ * server with HTTP/1.1 fallback, ALPN h2 and http/1.1, TLS 1.2 minimum, certificates by SNI),
+ * and plain-HTTP listeners that redirect to HTTPS (308, path and query kept).
+ *
+ * Requests on an HTTPS listener take the same path as on the plain one (ProxyMiddleware, then
+ * Express for the proxy's own endpoints over HTTP/1.1). For HTTP/2 requests the pseudo-headers
+ * are translated first: `:authority` becomes Host, and no pseudo-header goes upstream.
+ *
+ * Certificates are re-read when their files change and on SIGHUP; a bad set is refused (logged
+ * with the file) and the certificates in use stay. Connections that are open keep the
+ * certificate they were made with.
+ */
+import { watch, type FSWatcher } from 'node:fs';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http2, { type Http2SecureServer } from 'node:http2';
+import https from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
+import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import type { ProxymityConfig } from '../config/config.schema.js';
+import { MetricsService } from '../metrics/metrics.service.js';
+import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
+import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
+import { CertificateSet, loadCertificate } from './certificate-store.js';
+
+type ListenerConfig = ProxymityConfig['listeners'][number];
+
+/** A listener that cannot start (bad certificate or key, port in use); main.ts prints its message. */
+export class ListenerError extends Error {}
+
+interface Running {
+  readonly cfg: ListenerConfig;
+  readonly name: string;
+  server: http.Server | https.Server | Http2SecureServer;
+  certs: CertificateSet | undefined;
+  url: string;
+  readonly sockets: Set<Socket>;
+}
+
+@Injectable()
+export class ListenersService implements OnApplicationBootstrap, BeforeApplicationShutdown, OnApplicationShutdown {
+  private readonly logger = new Logger('Listeners');
+  readonly running: Running[] = [];
+  private readonly watchers: FSWatcher[] = [];
+  private debounce: NodeJS.Timeout | undefined;
+  private readonly onSighup = (): void => void this.reloadCertificates('SIGHUP');
+
+  constructor(
+    private readonly adapterHost: HttpAdapterHost,
+    private readonly proxy: ProxyMiddleware,
+    private readonly upgrades: UpgradeProxy,
+    private readonly metrics: MetricsService,
+    @Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig,
+  ) {}
+
+  /** "https-8443" → its URL, once listening. */
+  urls(): Record<string, string> {
+    return Object.fromEntries(this.running.map((r) => [r.name, r.url]));
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    const express = this.adapterHost.httpAdapter.getInstance() as (req: IncomingMessage, res: ServerResponse) => void;
+    const proxy = this.proxy;
+    const logger = this.logger;
+    const handle = (req: IncomingMessage, res: ServerResponse): void => {
+      try {
+        if (req.httpVersionMajor === 2) fromHttp2(req);
+        // The proxy's own endpoints go to Express over HTTP/1.1; Express cannot serve HTTP/2 requests.
+        if (!proxy.handle(req, res)) {
+          if (req.httpVersionMajor === 2) {
+            res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
+            res.end('404 Not Found: use HTTP/1.1, the plain listener or the admin listener for this endpoint\n');
+          } else express(req, res);
+        }
+      } catch (err) {
+        logger.error(`unexpected error handling ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
+        res.end('500 Internal Server Error: proxy_internal_error\n');
+      }
+    };
+    for (const l of this.cfg.listeners) {
+      const name = l.name ?? `${l.protocol}-${l.port}`;
+      // Start-up refuses a bad certificate or key, naming the file.
+      let certs: CertificateSet | undefined;
+      try {
+        certs = l.protocol === 'https' ? new CertificateSet((l.certificates ?? []).map((c) => loadCertificate(c))) : undefined;
+      } catch (err) {
+        throw new ListenerError(`listener ${name}: ${(err as Error).message}`);
+      }
+      const run: Running = { cfg: l, name, server: undefined as unknown as Running['server'], certs, url: '', sockets: new Set<Socket>() };
+      if (certs === undefined) {
+        const port = l.redirectPort;
+        run.server = http.createServer((req, res) => redirect(req, res, port));
+      } else {
+        const options = {
+          ...certs.fallback.options,
+          SNICallback: (servername: string, cb: (err: Error | null, ctx?: import('node:tls').SecureContext) => void) => cb(null, (run.certs as CertificateSet).select(servername).context),
+        };
+        run.server = l.http2 ? http2.createSecureServer({ ...options, allowHTTP1: true }, handle as never) : https.createServer(options, handle);
+        // WebSocket over TLS (an HTTP/1.1 upgrade).
+        run.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrades.handle(req, socket, head));
+        run.server.on('tlsClientError', () => undefined);
+      }
+      const server = run.server;
+      server.on(certs !== undefined ? 'secureConnection' : 'connection', (s: Socket) => {
+        run.sockets.add(s);
+        s.on('close', () => run.sockets.delete(s));
+      });
+      await new Promise<void>((resolveListen, reject) => {
+        server.once('error', (err: NodeJS.ErrnoException) => reject(new ListenerError(`cannot listen on ${name} ${l.host}:${l.port}: ${err.code ?? ''} (${err.message})`)));
+        server.listen(l.port, l.host, () => resolveListen());
+      });
+      server.on('error', (err) => this.logger.error(`listener ${name}: ${err.message}`));
+      const a = server.address() as AddressInfo;
+      run.url = `${certs !== undefined ? 'https' : 'http'}://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+      this.running.push(run);
+      this.logger.log(`${name} listening on ${run.url}${certs ? ` (${certs.certificates.map((c) => c.name).join(', ')}${l.http2 ? '; h2, http/1.1' : ''})` : ` (308 to https${l.redirectPort === 443 ? '' : ` port ${l.redirectPort}`})`}`);
+    }
+    this.metrics.readCertificatesFrom(() => this.running.flatMap((r) => (r.certs?.certificates ?? []).map((c) => ({ name: c.name, notAfter: c.notAfter }))));
+    if (this.running.some((r) => r.certs !== undefined)) this.watchCertificates();
+  }
+
+  /** Re-reads every HTTPS listener's certificates; keeps the old ones if any file is bad. */
+  reloadCertificates(trigger: string): boolean {
+    let ok = true;
+    for (const r of this.running) {
+      if (r.cfg.protocol !== 'https') continue;
+      try {
+        const next = new CertificateSet((r.cfg.certificates ?? []).map((c) => loadCertificate(c)));
+        const changed = next.certificates.map((c) => c.serial).join() !== r.certs?.certificates.map((c) => c.serial).join();
+        r.certs = next;
+        // Clients without SNI get the first certificate: the server's default context follows too.
+        (r.server as unknown as { setSecureContext(o: object): void }).setSecureContext(next.fallback.options);
+        if (changed) this.logger.log(`${r.name}: certificates reloaded (${trigger}): ${next.certificates.map((c) => `${c.name} until ${c.notAfter.toISOString()}`).join(', ')}`);
+      } catch (err) {
+        ok = false;
+        this.logger.error(`${r.name}: certificate reload (${trigger}) refused, keeping the certificates in use: ${(err as Error).message}`);
+      }
+    }
+    return ok;
+  }
+
+  private watchCertificates(): void {
+    process.on('SIGHUP', this.onSighup);
+    const dirs = new Set<string>();
+    for (const r of this.running) for (const c of r.cfg.certificates ?? []) for (const f of [c.cert, c.key]) dirs.add(dirname(resolve(f)));
+    for (const dir of dirs) {
+      try {
+        const w = watch(dir, () => {
+          if (this.debounce !== undefined) clearTimeout(this.debounce);
+          this.debounce = setTimeout(() => this.reloadCertificates('file change'), 200);
+        });
+        w.on('error', () => undefined);
+        this.watchers.push(w);
+      } catch (err) {
+        this.logger.warn(`cannot watch ${dir}: ${(err as Error).message}; SIGHUP still reloads certificates`);
+      }
+    }
+  }
+
+  beforeApplicationShutdown(): void {
+    for (const r of this.running) r.server.close();
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    process.removeListener('SIGHUP', this.onSighup);
+    if (this.debounce !== undefined) clearTimeout(this.debounce);
+    for (const w of this.watchers) w.close();
+    for (const r of this.running) for (const s of r.sockets) s.destroy();
+  }
+}
+
+/**
+ * HTTP/2 → HTTP/1.1: the request's header object is replaced (on the instance) by a copy
+ * without pseudo-headers, with Host from :authority; `req.url` and `req.method` still read
+ * :path and :method from the stream's own headers.
+ */
+function fromHttp2(req: IncomingMessage): void {
+  const src = req.headers as Record<string, string | string[] | undefined>;
+  const h: Record<string, string | string[] | undefined> = {};
+  for (const name of Object.keys(src)) if (name.charCodeAt(0) !== 58 /* : */) h[name] = src[name];
+  if (h.host === undefined && typeof src[':authority'] === 'string') h.host = src[':authority'];
+  Object.defineProperty(req, 'headers', { value: h, writable: true, configurable: true, enumerable: true });
+}
+
+function redirect(req: IncomingMessage, res: ServerResponse, port: number): void {
+  const host = (req.headers.host ?? '').replace(/:\d+$/, '');
+  if (host === '' || !/^[A-Za-z0-9.:[\]-]+$/.test(host)) {
+    res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
+    res.end('400 Bad Request: a Host header is needed to redirect to https\n');
+    return;
+  }
+  const location = `https://${host}${port === 443 ? '' : `:${port}`}${req.url ?? '/'}`;
+  res.writeHead(308, { location, 'content-type': 'text/plain; charset=utf-8', 'content-length': '0' });
+  res.end();
+  req.resume();
+}

@@ -1,0 +1,209 @@
+/**
+ * HTTPS listeners with certificates from a test CA (openssl): SNI selection, HTTP/2 and
+ * HTTP/1.1 proxied (Node's https and http2 clients, and curl --http2), the redirect listener,
+ * HSTS, certificate hot swap with a keep-alive connection open, a bad key refused on reload,
+ * and start-up refusing a bad pair.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { copyFileSync, readFileSync } from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import https from 'node:https';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { after, before, describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/index.js';
+import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
+import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
+import { makeTestCa, type TestCa } from '../helpers/certs.js';
+import { sample, scrape } from '../helpers/metrics.js';
+import { pollUntil } from '../helpers/poll-until.js';
+import { withAdminPortZero } from '../helpers/processes.js';
+
+const execFileAsync = promisify(execFile);
+
+/** The certificate a TLS client gets for `servername` (subject CN and serial). */
+function peerCert(port: number, servername: string | undefined, ca: string): Promise<{ cn: string; serial: string }> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername, ca: readFileSync(ca), rejectUnauthorized: false }, () => {
+      const c = s.getPeerCertificate();
+      s.destroy();
+      resolve({ cn: String(c.subject.CN), serial: c.serialNumber });
+    });
+    s.on('error', reject);
+  });
+}
+
+describe('HTTPS listeners', () => {
+  let ca: TestCa;
+  let backends: DummyBackend[];
+  let sut: RunningProxymity;
+  let httpsUrl: string;
+  let port: number;
+  let logFile: string;
+  let files: { a: { cert: string; key: string }; b: { cert: string; key: string }; wild: { cert: string; key: string } };
+
+  before(async () => {
+    ca = makeTestCa();
+    files = { a: ca.issue('a', ['a.test']), b: ca.issue('b', ['b.test']), wild: ca.issue('wild', ['*.wild.test']) };
+    backends = await startBackends(1);
+    logFile = join(ca.dir, 'access.log');
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}
+backend:
+  - url: "${backends[0].url}"
+healthCheck: {interval: 1h}
+accessLog: {enabled: true, output: "${logFile}"}
+listeners:
+  - name: tls
+    host: 127.0.0.1
+    port: 0
+    protocol: https
+    hsts: "max-age=31536000"
+    certificates:
+      - {cert: "${files.a.cert}", key: "${files.a.key}"}
+      - {cert: "${files.b.cert}", key: "${files.b.key}"}
+      - {cert: "${files.wild.cert}", key: "${files.wild.key}"}
+  - name: redirect
+    host: 127.0.0.1
+    port: 0
+    protocol: redirect
+    redirectPort: 8443
+`;
+    sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'tls.yaml'), { logger: false });
+    httpsUrl = sut.listeners.tls;
+    port = Number(new URL(httpsUrl).port);
+  });
+  after(async () => {
+    await sut.close();
+    await closeAll(backends);
+  });
+
+  it('selects the certificate by SNI: exact name, then wildcard, then the first one', async () => {
+    assert.equal((await peerCert(port, 'a.test', ca.caCert)).cn, 'a.test');
+    assert.equal((await peerCert(port, 'b.test', ca.caCert)).cn, 'b.test');
+    assert.equal((await peerCert(port, 'shop.wild.test', ca.caCert)).cn, '*.wild.test');
+    assert.equal((await peerCert(port, 'unknown.test', ca.caCert)).cn, 'a.test');
+    assert.equal((await peerCert(port, undefined, ca.caCert)).cn, 'a.test');
+  });
+
+  it('proxies HTTP/1.1 over TLS with X-Forwarded-Proto https and HSTS', async () => {
+    const res = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+      https
+        .get({ host: '127.0.0.1', port, path: '/h1', servername: 'b.test', headers: { host: 'b.test' }, ca: readFileSync(ca.caCert) }, (r) => {
+          let body = '';
+          r.on('data', (c) => (body += c));
+          r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body }));
+        })
+        .on('error', reject);
+    });
+    assert.equal(res.status, 200);
+    const echo = JSON.parse(res.body);
+    assert.equal(echo.path, '/h1');
+    assert.equal(echo.headers['x-forwarded-proto'], 'https');
+    assert.equal(res.headers['strict-transport-security'], 'max-age=31536000');
+  });
+
+  it('proxies HTTP/2 to the HTTP/1.1 backend: Host from :authority, no connection headers back', async () => {
+    const client = http2.connect(`https://127.0.0.1:${port}`, { ca: readFileSync(ca.caCert), servername: 'a.test' });
+    client.on('error', () => undefined); // reported through the request
+    try {
+      const { headers, body } = await new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const req = client.request({ ':path': '/h2?x=1', ':method': 'GET', ':authority': `a.test:${port}` });
+        let h: http2.IncomingHttpHeaders = {};
+        let body = '';
+        req.on('response', (x) => (h = x));
+        req.on('data', (c) => (body += c));
+        req.on('end', () => resolve({ headers: h, body }));
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(headers[':status'], 200);
+      assert.equal(headers.connection, undefined);
+      assert.equal(headers['keep-alive'], undefined);
+      const echo = JSON.parse(body);
+      assert.equal(echo.path, '/h2?x=1');
+      assert.equal(echo.headers.host, `a.test:${port}`);
+      assert.ok(!Object.keys(echo.headers).some((k) => k.startsWith(':')), 'no pseudo-header upstream');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('works with curl --http2', async () => {
+    // Asynchronously: the proxy runs in this process and must keep serving while curl waits.
+    const { stdout: out } = await execFileAsync('curl', ['-sS', '--http2', '--cacert', ca.caCert, '--resolve', `b.test:${port}:127.0.0.1`, `https://b.test:${port}/curl`, '-o', '/dev/null', '-w', '%{http_version} %{http_code}'], { encoding: 'utf8' });
+    assert.equal(out, '2 200');
+  });
+
+  it('redirects plain HTTP with 308 to https, keeping path and query', async () => {
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => http.get(`${sut.listeners.redirect}/a/b?c=d`, { headers: { host: 'shop.example' } }, resolve).on('error', reject));
+    res.resume();
+    assert.equal(res.statusCode, 308);
+    assert.equal(res.headers.location, 'https://shop.example:8443/a/b?c=d');
+  });
+
+  it('swaps a certificate on SIGHUP while a keep-alive connection stays open, and refuses a bad key', async () => {
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: readFileSync(ca.caCert) });
+    const get = () =>
+      new Promise<{ status: number; serial: string }>((resolve, reject) => {
+        https
+          .get({ host: '127.0.0.1', port, path: '/ka', servername: 'a.test', headers: { host: 'a.test' }, agent }, (r) => {
+            const serial = (r.socket as tls.TLSSocket).getPeerCertificate().serialNumber;
+            r.resume();
+            r.on('end', () => resolve({ status: r.statusCode ?? 0, serial }));
+          })
+          .on('error', reject);
+      });
+    try {
+      const first = await get();
+      const fresh = ca.issue('a2', ['a.test']);
+      copyFileSync(fresh.cert, files.a.cert);
+      copyFileSync(fresh.key, files.a.key);
+      process.emit('SIGHUP', 'SIGHUP');
+      const newSerial = (await pollUntil(() => peerCert(port, 'a.test', ca.caCert), (c) => c.serial !== first.serial, { what: 'new certificate served' })).serial;
+      const again = await get();
+      assert.equal(again.status, 200);
+      assert.equal(again.serial, first.serial, 'the open keep-alive connection keeps its certificate');
+
+      // A key that does not match is refused; the certificate in use stays.
+      copyFileSync(files.b.key, files.a.key);
+      process.emit('SIGHUP', 'SIGHUP');
+      assert.equal((await peerCert(port, 'a.test', ca.caCert)).serial, newSerial);
+      copyFileSync(fresh.key, files.a.key);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('logs the TLS version and cipher of each request', async () => {
+    const line = await pollUntil(
+      () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.path === '/h1'),
+      (l) => l !== undefined,
+      { timeoutMs: 3000, what: 'access-log line of /h1' },
+    );
+    assert.equal(line!.tls_version, 'TLSv1.3');
+    assert.match(String(line!.tls_cipher), /^TLS_/);
+    assert.equal(line!.protocol, 'HTTP/1.1');
+  });
+
+  it('reports seconds until each certificate expires', async () => {
+    const m = await scrape(sut.adminUrl!);
+    const left = sample(m, 'proxymity_tls_certificate_expiry_seconds', { name: 'b.test' });
+    assert.ok(left > 3600 && left <= 86_400 + 60, `b.test expires in ${left}s`);
+  });
+});
+
+describe('HTTPS listener start-up', () => {
+  it('refuses a key that does not belong to the certificate, naming the file', async () => {
+    const ca = makeTestCa();
+    const a = ca.issue('a', ['a.test']);
+    const b = ca.issue('b', ['b.test']);
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "http://127.0.0.1:1"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, port: 0, host: 127.0.0.1, protocol: https, certificates: [{cert: "${a.cert}", key: "${b.key}"}]}\n`;
+    await assert.rejects(
+      startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false }),
+      (err: Error) => err.message === `listener tls: ${join(ca.dir, 'b.key')}: this key does not belong to the certificate ${join(ca.dir, 'a.crt')}`,
+    );
+  });
+});
