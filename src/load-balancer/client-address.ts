@@ -2,7 +2,7 @@ import { BlockList, isIP } from 'node:net';
 /**
  * The resolved client address of a request: the peer address, or, when the peer is a trusted
  * proxy, the nearest untrusted address in X-Forwarded-For. Set once per request by the proxy's
- * header policy; read by anything that keys on the client (ip-hash, later rate limits).
+ * header policy; read by anything that keys on the client (ip-hash, rate limits, access logs).
  */
 import type { IncomingMessage } from 'node:http';
 

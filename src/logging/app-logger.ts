@@ -5,8 +5,11 @@
  * and the last ones before an exit must not be lost.
  */
 import type { LoggerService, LogLevel } from '@nestjs/common';
+import { createRequire } from 'node:module';
 import pino from 'pino';
-import pretty from 'pino-pretty';
+
+/** pino-pretty is loaded only when pretty output is wanted (a terminal): it costs memory otherwise. */
+const load = createRequire(import.meta.url);
 
 export type LogFormat = 'json' | 'pretty';
 
@@ -21,7 +24,7 @@ export class AppLogger implements LoggerService {
     const out =
       stream ??
       (format === 'pretty'
-        ? pretty({ sync: true, colorize: true, ignore: 'pid,hostname,context', messageFormat: '[{context}] {msg}', translateTime: 'SYS:HH:MM:ss.l' })
+        ? (load('pino-pretty') as (opts: object) => NodeJS.WritableStream)({ sync: true, colorize: true, ignore: 'pid,hostname,context', messageFormat: '[{context}] {msg}', translateTime: 'SYS:HH:MM:ss.l' })
         : pino.destination({ dest: 1, sync: true }));
     this.pino = pino({ level: PINO_LEVEL[level], base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, out);
   }

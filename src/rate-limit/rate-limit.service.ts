@@ -10,7 +10,8 @@
 import type { IncomingMessage } from 'node:http';
 import type { BlockList } from 'node:net';
 import { Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
-import { Redis } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis } from 'ioredis';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { buildBlockList, clientAddress, normalizeAddress } from '../load-balancer/client-address.js';
 import { cookieValue } from '../load-balancer/strategies/hash-key.js';
@@ -212,7 +213,9 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
   private client(url: string, timeoutMs: number): { client: Redis; up: boolean; timeoutMs: number } {
     let entry = this.redis.get(url);
     if (entry === undefined) {
-      const client = new Redis(url, {
+      // ioredis is loaded only when a policy uses Redis.
+      const { Redis: RedisClient } = createRequire(import.meta.url)('ioredis') as typeof import('ioredis');
+      const client = new RedisClient(url, {
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
         commandTimeout: timeoutMs,

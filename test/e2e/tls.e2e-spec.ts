@@ -14,6 +14,7 @@ import https from 'node:https';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
+import WebSocket from 'ws';
 import { parseConfig } from '../../src/config/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
@@ -129,6 +130,18 @@ listeners:
     } finally {
       client.close();
     }
+  });
+
+  it('proxies WebSockets over TLS (wss)', async () => {
+    // The chain is verified against the test CA; the name check is skipped (the URL is an IP address).
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, { ca: readFileSync(ca.caCert), checkServerIdentity: (() => undefined) as never });
+    const echoed = await new Promise<string>((resolve, reject) => {
+      ws.once('open', () => ws.send('over tls'));
+      ws.once('message', (m) => resolve(String(m)));
+      ws.once('error', reject);
+    });
+    assert.equal(echoed, 'over tls');
+    ws.close();
   });
 
   it('works with curl --http2', async () => {
