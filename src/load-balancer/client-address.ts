@@ -24,6 +24,17 @@ export function normalizeAddress(address: string | undefined): string | undefine
   return address;
 }
 
+const kPeerAddress = Symbol('proxymity.peerAddress');
+
+/** The TCP peer, as seen when the request arrived (an HTTP/2 stream loses its socket once closed). */
+export function setPeerAddress(req: IncomingMessage, address: string): void {
+  (req as IncomingMessage & { [kPeerAddress]?: string })[kPeerAddress] = address;
+}
+
+export function peerAddress(req: IncomingMessage): string | undefined {
+  return (req as IncomingMessage & { [kPeerAddress]?: string })[kPeerAddress] ?? normalizeAddress(req.socket?.remoteAddress);
+}
+
 /** A BlockList of addresses and CIDR blocks (IPv4 or IPv6); undefined for an empty list. */
 export function buildBlockList(entries: readonly string[]): BlockList | undefined {
   if (entries.length === 0) return undefined;

@@ -15,7 +15,7 @@ import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/
 import pino from 'pino';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
-import { clientAddress, normalizeAddress } from '../load-balancer/client-address.js';
+import { clientAddress, normalizeAddress, peerAddress } from '../load-balancer/client-address.js';
 
 /** What the engine knows about a request when it ends. */
 export interface RequestSummary {
@@ -115,14 +115,14 @@ export class AccessLogService implements OnApplicationShutdown {
     // Built as one template string: user-controlled values go through JSON.stringify one by
     // one, numbers are written as they are; no intermediate object per line.
     const h = req.headers;
-    const peer = normalizeAddress(req.socket.remoteAddress) ?? '';
+    const peer = peerAddress(req) ?? '';
     let line =
       `{"time":"${isoNow()}","request_id":${JSON.stringify(r.requestId)},"client_ip":${JSON.stringify(clientAddress(req) ?? peer)},"peer_ip":${JSON.stringify(peer)}` +
       `,"method":${JSON.stringify(req.method ?? '')},"host":${jsonOrNull(str(h['x-forwarded-host']) ?? str(h.host))},"path":${JSON.stringify(r.target)},"protocol":"HTTP/${req.httpVersion}"` +
       `,"status":${r.status},"bytes_in":${num(r.bytesIn)},"bytes_out":${num(r.bytesOut)},"duration_ms":${round(r.durationMs)}` +
       `,"upstream_connect_ms":${r.connectMs < 0 ? 'null' : round(r.connectMs)},"upstream_header_ms":${r.headerMs < 0 ? 'null' : round(r.headerMs)}` +
       `,"backend":${jsonOrNull(r.backend)},"attempts":${r.attempts},"termination":${jsonOrNull(r.termination)},"error":${jsonOrNull(r.error)},"user_agent":${jsonOrNull(str(h['user-agent']))}`;
-    const tlsSocket = req.socket as { encrypted?: boolean; getProtocol?: () => string | null; getCipher?: () => { name: string } };
+    const tlsSocket = (req.socket ?? {}) as { encrypted?: boolean; getProtocol?: () => string | null; getCipher?: () => { name: string } };
     if (tlsSocket.encrypted === true) line += `,"tls_version":${jsonOrNull(tlsSocket.getProtocol?.() ?? undefined)},"tls_cipher":${jsonOrNull(tlsSocket.getCipher?.()?.name)}`;
     if (r.closeReason !== undefined) line += `,"close_reason":${JSON.stringify(r.closeReason)}`;
     if (this.requestHeaders.length > 0) line += `,"request_headers":${JSON.stringify(this.pickRequestHeaders(req))}`;

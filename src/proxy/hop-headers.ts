@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { BlockList } from 'node:net';
-import { normalizeAddress, setClientAddress } from '../load-balancer/client-address.js';
+import { normalizeAddress, setClientAddress, setPeerAddress } from '../load-balancer/client-address.js';
 
 export const VIA_TOKEN = 'proxymity';
 const VIA_11 = `1.1 ${VIA_TOKEN}`;
@@ -73,6 +73,7 @@ export function prepareRequestHeaders(req: IncomingMessage, proto: string, polic
     if (h.forwarded !== undefined) delete h.forwarded;
   }
   setClientAddress(req, client);
+  if (req.httpVersionMajor === 2) setPeerAddress(req, peer);
   if (policy.forwarded) {
     const element = `for=${forwardedNode(peer)};proto=${proto}${h.host !== undefined ? `;host=${quoteIfNeeded(h.host)}` : ''}`;
     h.forwarded = trusted && h.forwarded !== undefined ? `${h.forwarded}, ${element}` : element;

@@ -115,7 +115,7 @@ class Exchange {
     /** The request target as the client sent it (before a route rewrote it), for logs. */
     readonly target: string,
   ) {
-    this.writtenBefore = req.socket.bytesWritten;
+    this.writtenBefore = req.socket?.bytesWritten ?? Number.NaN;
   }
 }
 
@@ -252,7 +252,7 @@ export class ProxyEngine {
     ex.error = code;
     ex.termination = PROXY_ERRORS[code].termination;
     this.logger.warn(`${ex.req.method} ${ex.req.url}: response from "${backend.id}" cut mid-body (${code}: ${err.message}) [request ${ex.requestId}]`);
-    ex.res.destroy();
+    cut(ex.res, code);
   }
 
   private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode | 'status', stale: boolean): Backend | undefined {
@@ -353,15 +353,19 @@ export class ProxyEngine {
         const cookie = this.lb.stickyCookie(route.pool, ex.req, backend);
         if (cookie !== undefined) headers.push('set-cookie', cookie);
       }
-      // HTTP/2 has no reason phrase (Node warns if one is given).
-      if (ex.req.httpVersionMajor === 2) res.writeHead(pres.statusCode ?? 502, headers);
+      // HTTP/2 has no reason phrase (Node warns if one is given), and stricter header rules.
+      if (ex.req.httpVersionMajor === 2) res.writeHead(pres.statusCode ?? 502, forHttp2(headers));
       else res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
       if (this.accessLog?.wantsResponseHeaders === true) ex.responseHeaders = headers;
     } catch (err) {
       // Node refuses a header the backend sent (e.g. an invalid character): that is a bad response.
       const e = err as NodeJS.ErrnoException;
+      // writeHead may have set some headers before it threw: none of them may reach the error answer.
+      for (const name of res.getHeaderNames()) res.removeHeader(name);
       up.destroy();
-      this.onUpstreamError(ex, Object.assign(new Error(`invalid response header: ${e.message}`), { code: 'HPE_INVALID_HEADER' }));
+      // Refused only because the client speaks HTTP/2: the backend did nothing wrong.
+      const h2 = ex.req.httpVersionMajor === 2 && e.code?.startsWith('ERR_HTTP2') === true;
+      this.onUpstreamError(ex, Object.assign(new Error(`invalid response header: ${e.message}`), { code: h2 ? 'ERR_PROXYMITY_H2_HEADER' : 'HPE_INVALID_HEADER' }));
       return;
     }
     (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
@@ -402,7 +406,7 @@ export class ProxyEngine {
     const up = ex.upstream;
     this.release(ex);
     if (this.metrics !== undefined || this.accessLog !== undefined) this.record(ex);
-    if (!ex.res.writableFinished) {
+    if (!finished(ex)) {
       // 499 in nginx's and Caddy's terms: nothing is written, the upstream request is cancelled.
       if (up !== undefined && !up.destroyed) up.destroy();
       this.logger.debug(`${ex.req.method} ${ex.req.url}: client closed the connection (499) [request ${ex.requestId}]`);
@@ -422,7 +426,7 @@ export class ProxyEngine {
   /** Metrics and the access-log line of a finished exchange. */
   private record(ex: Exchange): void {
     const res = ex.res;
-    const complete = res.writableFinished;
+    const complete = finished(ex);
     // The client got what the backend (or the proxy) answered, or nothing it could use: 499.
     const status = complete || (res.headersSent && ex.error !== undefined) ? res.statusCode : 499;
     const durationMs = performance.now() - ex.startedAt;
@@ -441,7 +445,7 @@ export class ProxyEngine {
       status,
       durationMs,
       bytesIn: cl !== undefined && req.complete ? Number(cl) : ex.bodyBytes,
-      bytesOut: req.socket.bytesWritten - ex.writtenBefore,
+      bytesOut: (req.socket?.bytesWritten ?? Number.NaN) - ex.writtenBefore,
       backend: ex.lastBackend?.id,
       attempts: ex.attempts,
       connectMs: ex.connectMs,
@@ -554,8 +558,53 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
 function forwardResponseTrailers(this: WithExchange<IncomingMessage>): void {
   const ex = this[kExchange];
   if (ex === undefined || ex.closed) return;
-  ex.res.addTrailers(this.trailers);
-  ex.res.end();
+  try {
+    ex.res.addTrailers(trailersFor(this.trailers, ex.req.httpVersionMajor === 2));
+    ex.res.end();
+  } catch {
+    cut(ex.res, 'invalid trailers');
+  }
+}
+
+/** Trailers without hop-by-hop fields (HTTP/2 also refuses them, from inside its own callback). */
+function trailersFor(trailers: NodeJS.Dict<string>, h2: boolean): NodeJS.Dict<string> {
+  const out: NodeJS.Dict<string> = {};
+  for (const [name, value] of Object.entries(trailers)) {
+    const n = name.toLowerCase();
+    if (HOP_TRAILERS.has(n) || (h2 && n === 'http2-settings')) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+const HOP_TRAILERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'host']);
+
+/**
+ * Ends a response that cannot be completed. On HTTP/2 an error makes the reset INTERNAL_ERROR,
+ * so the client sees a failure rather than a short but seemingly complete body.
+ */
+function cut(res: ServerResponse, why: string): void {
+  if ((res.req as IncomingMessage | undefined)?.httpVersionMajor === 2) res.destroy(new Error(why));
+  else res.destroy();
+}
+
+/** Names Node's HTTP/2 allows once only (its kSingleValueHeaders); a second value would throw. */
+const H2_SINGLE = new Set(['age', 'authorization', 'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type', 'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match', 'if-range', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range', 'referer', 'retry-after', 'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options', 'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method']);
+
+/** A response header list made acceptable to HTTP/2: single-value fields once, no http2-settings. */
+function forHttp2(headers: string[]): string[] {
+  const out: string[] = [];
+  const seen = new Set<string>();
+  for (let i = 0; i < headers.length; i += 2) {
+    const n = headers[i].toLowerCase();
+    if (n === 'http2-settings') continue;
+    if (H2_SINGLE.has(n)) {
+      if (seen.has(n)) continue;
+      seen.add(n);
+    }
+    out.push(headers[i], headers[i + 1]);
+  }
+  return out;
 }
 
 function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
@@ -617,7 +666,7 @@ function onTotalTimeout(ex: Exchange): void {
   else {
     ex.error = 'http_response_timeout';
     ex.termination = PROXY_ERRORS.http_response_timeout.termination;
-    ex.res.destroy();
+    cut(ex.res, 'http_response_timeout');
   }
 }
 
@@ -626,7 +675,7 @@ function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): v
   if (ex === undefined || ex.closed) return;
   const up = ex.upstream;
   if (up !== undefined) onUpstreamError.call(up as WithExchange<ClientRequest>, err);
-  else ex.res.destroy();
+  else cut(ex.res, err.message);
 }
 
 function onClientClose(this: WithExchange<ServerResponse>): void {
@@ -634,11 +683,22 @@ function onClientClose(this: WithExchange<ServerResponse>): void {
   if (ex !== undefined) ex.engine.onClientClose(ex);
 }
 
+/**
+ * The response went out in full. On HTTP/2 a stream the client reset also counts as "ended", so
+ * an aborted stream is checked too (else the upstream request would not be cancelled).
+ */
+function finished(ex: Exchange): boolean {
+  if (!ex.res.writableFinished) return false;
+  return ex.req.httpVersionMajor !== 2 || (ex.res as unknown as { stream?: { aborted?: boolean; rstCode?: number } }).stream?.rstCode === 0 || (ex.res as unknown as { stream?: { rstCode?: number } }).stream?.rstCode === undefined;
+}
+
 function retryReason(code: ProxyErrorCode | 'status'): RetryReason {
   return code === 'status' ? 'status' : code === 'connection_terminated' ? 'reset' : code === 'http_response_timeout' ? 'timeout' : 'connect_failure';
 }
 
 function isBodyless(req: IncomingMessage): boolean {
+  // HTTP/2 has no Transfer-Encoding: a body without Content-Length is announced by the stream.
+  if (req.httpVersionMajor === 2) return (req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders;
   const h = req.headers;
   const cl = h['content-length'];
   return h['transfer-encoding'] === undefined && (cl === undefined || cl === '0');
@@ -657,6 +717,11 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   // An oversized upload is not read to its end: close the connection after the answer (nginx does too).
   if (status === 413) res.shouldKeepAlive = false;
   const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
-  res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId, ...(extraHeaders ?? [])]);
+  try {
+    res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId, ...(extraHeaders ?? [])]);
+  } catch {
+    res.destroy();
+    return;
+  }
   res.end(body);
 }

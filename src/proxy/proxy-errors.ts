@@ -88,6 +88,8 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
       return 'connection_terminated';
   }
   if (code.startsWith('HPE_')) return 'http_protocol_error';
+  // The backend's answer is valid HTTP/1.1 but cannot be sent over HTTP/2 (not a backend fault).
+  if (code === 'ERR_PROXYMITY_H2_HEADER') return 'proxy_internal_error';
   if (TLS_CERT.test(code)) return 'tls_certificate_error';
   if (code.startsWith('ERR_SSL') || code === 'EPROTO' || code.startsWith('ERR_TLS')) return 'tls_protocol_error';
   return 'proxy_internal_error';

@@ -39,6 +39,7 @@ interface Running {
   certs: CertificateSet | undefined;
   url: string;
   readonly sockets: Set<Socket>;
+  readonly sessions: Set<import('node:http2').ServerHttp2Session>;
 }
 
 @Injectable()
@@ -91,7 +92,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
       } catch (err) {
         throw new ListenerError(`listener ${name}: ${(err as Error).message}`);
       }
-      const run: Running = { cfg: l, name, server: undefined as unknown as Running['server'], certs, url: '', sockets: new Set<Socket>() };
+      const run: Running = { cfg: l, name, server: undefined as unknown as Running['server'], certs, url: '', sockets: new Set<Socket>(), sessions: new Set() };
       if (certs === undefined) {
         const port = l.redirectPort;
         run.server = http.createServer((req, res) => redirect(req, res, port));
@@ -102,14 +103,36 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
         };
         run.server = l.http2 ? http2.createSecureServer({ ...options, allowHTTP1: true }, handle as never) : https.createServer(options, handle);
         // WebSocket over TLS (an HTTP/1.1 upgrade).
-        run.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrades.handle(req, socket, head));
+        run.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+          try {
+            this.upgrades.handle(req, socket, head);
+          } catch (err) {
+            this.logger.error(`unexpected error handling upgrade ${req.url}: ${(err as Error).stack ?? String(err)}`);
+            socket.destroy();
+          }
+        });
         run.server.on('tlsClientError', () => undefined);
       }
       const server = run.server;
-      server.on(certs !== undefined ? 'secureConnection' : 'connection', (s: Socket) => {
+      // Every TCP connection (handshakes included), so shutdown can close them all.
+      server.on('connection', (s: Socket) => {
         run.sockets.add(s);
         s.on('close', () => run.sockets.delete(s));
       });
+      server.on('session', (session: import('node:http2').ServerHttp2Session) => {
+        run.sessions.add(session);
+        session.on('close', () => run.sessions.delete(session));
+      });
+      // The plain listener's client timeouts apply here too (uploads are bounded upstream).
+      const p = this.cfg.proxy;
+      const h1 = server as Partial<http.Server>;
+      if ('keepAliveTimeout' in server) {
+        h1.keepAliveTimeout = p.keepAliveTimeout;
+        h1.headersTimeout = p.headersTimeout;
+        h1.requestTimeout = 0;
+      }
+      // HTTP/2 sessions idle for the keep-alive timeout are closed.
+      if (certs !== undefined && l.http2) (server as Http2SecureServer).setTimeout(p.keepAliveTimeout);
       await new Promise<void>((resolveListen, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(new ListenerError(`cannot listen on ${name} ${l.host}:${l.port}: ${err.code ?? ''} (${err.message})`)));
         server.listen(l.port, l.host, () => resolveListen());
@@ -130,8 +153,20 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
     for (const r of this.running) {
       if (r.cfg.protocol !== 'https') continue;
       try {
-        const next = new CertificateSet((r.cfg.certificates ?? []).map((c) => loadCertificate(c)));
+        const loaded = [];
+        for (const files of r.cfg.certificates ?? []) {
+          try {
+            loaded.push(loadCertificate(files));
+          } catch (err) {
+            // An expired certificate must not block the renewal of the others: it is left out.
+            if (!/: expired on /.test((err as Error).message)) throw err;
+            this.logger.warn(`${r.name}: ${(err as Error).message}; left out until it is renewed`);
+          }
+        }
+        if (loaded.length === 0) throw new Error('no usable certificate left');
+        const next = new CertificateSet(loaded);
         const changed = next.certificates.map((c) => c.serial).join() !== r.certs?.certificates.map((c) => c.serial).join();
+        if (!changed) continue;
         r.certs = next;
         // Clients without SNI get the first certificate: the server's default context follows too.
         (r.server as unknown as { setSecureContext(o: object): void }).setSecureContext(next.fallback.options);
@@ -162,15 +197,24 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
     }
   }
 
-  beforeApplicationShutdown(): void {
-    for (const r of this.running) r.server.close();
+  /** Like the plain listener: open during proxy.shutdownDelay, then closed, HTTP/2 sessions told to go away (GOAWAY). */
+  async beforeApplicationShutdown(): Promise<void> {
+    const delay = this.cfg.proxy.shutdownDelay;
+    if (delay > 0 && this.running.length > 0) await new Promise((r) => setTimeout(r, delay));
+    for (const r of this.running) {
+      r.server.close();
+      for (const session of r.sessions) session.close();
+    }
   }
 
   async onApplicationShutdown(): Promise<void> {
     process.removeListener('SIGHUP', this.onSighup);
     if (this.debounce !== undefined) clearTimeout(this.debounce);
     for (const w of this.watchers) w.close();
-    for (const r of this.running) for (const s of r.sockets) s.destroy();
+    for (const r of this.running) {
+      for (const session of r.sessions) session.destroy();
+      for (const s of r.sockets) s.destroy();
+    }
   }
 }
 
@@ -183,7 +227,8 @@ function fromHttp2(req: IncomingMessage): void {
   const src = req.headers as Record<string, string | string[] | undefined>;
   const h: Record<string, string | string[] | undefined> = {};
   for (const name of Object.keys(src)) if (name.charCodeAt(0) !== 58 /* : */) h[name] = src[name];
-  if (h.host === undefined && typeof src[':authority'] === 'string') h.host = src[':authority'];
+  // RFC 9113 §8.3.1: :authority wins over a Host header.
+  if (typeof src[':authority'] === 'string') h.host = src[':authority'];
   Object.defineProperty(req, 'headers', { value: h, writable: true, configurable: true, enumerable: true });
 }
 
@@ -194,8 +239,20 @@ function redirect(req: IncomingMessage, res: ServerResponse, port: number): void
     res.end('400 Bad Request: a Host header is needed to redirect to https\n');
     return;
   }
-  const location = `https://${host}${port === 443 ? '' : `:${port}`}${req.url ?? '/'}`;
+  const target = req.url ?? '/';
+  // An absolute-form target (GET http://x/y) keeps only its path and query.
+  const path = target.startsWith('/') ? target : pathOf(target);
+  const location = `https://${host}${port === 443 ? '' : `:${port}`}${path}`;
   res.writeHead(308, { location, 'content-type': 'text/plain; charset=utf-8', 'content-length': '0' });
   res.end();
   req.resume();
+}
+
+function pathOf(target: string): string {
+  try {
+    const u = new URL(target);
+    return u.pathname + u.search;
+  } catch {
+    return '/';
+  }
 }

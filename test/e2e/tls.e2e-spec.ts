@@ -16,6 +16,7 @@ import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { parseConfig } from '../../src/config/index.js';
+import { UpgradeProxy } from '../../src/proxy/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
 import { makeTestCa, type TestCa } from '../helpers/certs.js';
@@ -142,6 +143,82 @@ listeners:
     });
     assert.equal(echoed, 'over tls');
     ws.close();
+  });
+
+  /** One HTTP/2 request on a fresh session; resolves with status, headers and body. */
+  const h2 = (path: string, opts: { method?: string; body?: Buffer; cancelAfterFirstChunk?: boolean } = {}) =>
+    new Promise<{ status: number; headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+      const client = http2.connect(`https://127.0.0.1:${port}`, { ca: readFileSync(ca.caCert), servername: 'a.test' });
+      client.on('error', () => undefined);
+      const req = client.request({ ':path': path, ':method': opts.method ?? 'GET', ':authority': `a.test:${port}` });
+      let headers: http2.IncomingHttpHeaders = {};
+      let body = '';
+      req.on('response', (h) => (headers = h));
+      req.on('data', (c) => {
+        body += c;
+        if (opts.cancelAfterFirstChunk) {
+          req.close(http2.constants.NGHTTP2_CANCEL);
+          client.close();
+          resolve({ status: Number(headers[':status']), headers, body });
+        }
+      });
+      req.on('end', () => {
+        client.close();
+        resolve({ status: Number(headers[':status']), headers, body });
+      });
+      req.on('error', reject);
+      if (opts.body !== undefined) {
+        // Written in pieces, without Content-Length: HTTP/2 frames the body itself.
+        req.write(opts.body.subarray(0, 1000));
+        setTimeout(() => req.end(opts.body!.subarray(1000)), 20);
+      } else req.end();
+    });
+
+  it('streams an HTTP/2 request body that has no Content-Length', async () => {
+    const body = Buffer.alloc(200_000, 'b');
+    const res = await h2('/upload', { method: 'POST', body });
+    assert.equal(res.status, 200);
+    assert.equal(JSON.parse(res.body).bodyBytes, body.length);
+  });
+
+  it('sends a backend answer with a repeated single-value header over HTTP/2 without failing', async () => {
+    const dup = http.createServer((_req, res) => {
+      res.setHeader('x-content-type-options', ['nosniff', 'nosniff']);
+      res.setHeader('keep-alive', 'timeout=5');
+      res.end('ok');
+    });
+    await new Promise<void>((r) => dup.listen(0, '127.0.0.1', () => r()));
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "http://127.0.0.1:${(dup.address() as import('node:net').AddressInfo).port}"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, host: 127.0.0.1, port: 0, protocol: https, certificates: [{cert: "${files.b.cert}", key: "${files.b.key}"}]}\n`;
+    const px = await startProxymity(parseConfig(withAdminPortZero(yaml), 'dup.yaml'), { logger: false });
+    try {
+      const p = Number(new URL(px.listeners.tls).port);
+      const res = await new Promise<{ status: number; headers: http2.IncomingHttpHeaders }>((resolve, reject) => {
+        const client = http2.connect(`https://127.0.0.1:${p}`, { ca: readFileSync(ca.caCert), servername: 'b.test' });
+        client.on('error', () => undefined);
+        const req = client.request({ ':path': '/', ':authority': 'b.test' });
+        req.on('response', (h) => {
+          req.resume();
+          req.on('end', () => (client.close(), resolve({ status: Number(h[':status']), headers: h })));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['x-content-type-options'], 'nosniff');
+      assert.equal(res.headers['keep-alive'], undefined);
+    } finally {
+      await px.close();
+      dup.close();
+    }
+  });
+
+  it('cancels the upstream request when an HTTP/2 client resets its stream', async () => {
+    const agent = sut.app.get(UpgradeProxy).registry.all[0].agent;
+    const busy = () => Object.values(agent.sockets).reduce((n, list) => n + (list?.length ?? 0), 0);
+    const res = await h2('/drip/100/50', { cancelAfterFirstChunk: true });
+    assert.equal(res.status, 200);
+    // The drip would keep its upstream connection busy for 5 s; the cancelled stream ends it at once.
+    await pollUntil(busy, (n) => n === 0, { timeoutMs: 1500, what: 'upstream request cancelled after the client reset its stream' });
   });
 
   it('works with curl --http2', async () => {
