@@ -20,12 +20,12 @@
 import { spawn, spawnSync, type ChildProcess, execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, writeFileSync, openSync, closeSync, ftruncateSync } from 'node:fs';
 import http from 'node:http';
-import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchPicks, type PickResult } from './pick.bench.js';
 import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
+import { freePort, waitForPort } from '../helpers/ports.js';
 import { runWrk, type WrkResult } from './wrk.js';
 import { benchWebSocket, type WsBenchResult } from './ws.bench.js';
 
@@ -143,30 +143,6 @@ interface Row {
   p99Ms: number;
   peakRssMiB: number | undefined;
   errors: number;
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((r) => s.once('listening', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((r) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.destroy();
-        r(true);
-      });
-      s.on('error', () => r(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs}ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 function spawnLogged(cmd: string, args: string[], tmp: string, name: string): ChildProcess {
