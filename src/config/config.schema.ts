@@ -285,6 +285,7 @@ export const routeSchema = z
     retry: z.strictObject(retryFields).partial().optional().describe('Overrides of the top-level retry policy for this route.'),
     maxBodySize: byteSize.optional().describe('As proxy.maxBodySize, for this route.'),
     rateLimit: z.union([z.literal(false), rateLimitSchema]).optional().describe('This route\'s rate limit, or false for none. Default: the top-level rateLimit.'),
+    cache: z.boolean().optional().describe('Cache responses on this route (true) or not (false). Default: cache.enabled.'),
   })
   .describe('Sends matching requests to a pool.');
 
@@ -411,6 +412,18 @@ export const configSchema = z
       .prefault([])
       .describe('Listeners besides proxy.host:proxy.port (plain HTTP): HTTPS with HTTP/2, and HTTP-to-HTTPS redirects.'),
     rateLimit: rateLimitSchema.optional().describe('Rate limit for every route that does not set its own. Default: none.'),
+    cache: z
+      .strictObject({
+        enabled: z.boolean().prefault(false).describe('Cache responses on every route that does not set routes[].cache. Default false.'),
+        maxSize: byteSize.prefault('64MiB').refine((n) => n >= 1024, { message: 'must be at least 1KiB' }).describe('Memory for stored responses (bodies, headers and bookkeeping); the least recently used go first. Default 64MiB.'),
+        maxObjectSize: byteSize.prefault('1MiB').describe('Largest response body stored; larger ones are streamed through uncached. Default 1MiB.'),
+        collapse: z.boolean().prefault(true).describe('Concurrent misses for the same URL wait for one backend request instead of each sending their own. Default true.'),
+        lockTimeout: duration({ max: 600_000 }).prefault('5s').describe('Longest a collapsed request waits for the first one\'s response; then it goes to a backend itself. Default 5s (nginx proxy_cache_lock_timeout).'),
+        heuristic: z.number().min(0).max(1).prefault(0.1).describe('Heuristic freshness (RFC 9111 §4.2.2) for responses without explicit expiry: this share of the time since Last-Modified; 0 = none. Default 0.1.'),
+      })
+      .refine((c) => c.maxObjectSize <= c.maxSize, { path: ['maxObjectSize'], message: 'must not be larger than cache.maxSize' })
+      .prefault({})
+      .describe('The response cache (RFC 9111 shared cache, in memory).'),
     websocket: z
       .strictObject({
         enabled: z.boolean().prefault(true).describe('Proxy WebSocket (and other HTTP/1.1 Upgrade) requests. Default true.'),

@@ -41,6 +41,8 @@ export interface RequestSummary {
   readonly responseHeaders: readonly string[] | undefined;
   /** WebSocket tunnels only: why the tunnel closed. */
   readonly closeReason?: string;
+  /** Routes with the cache on: how the cache took part (hit, stale, revalidated, miss, collapsed, bypass). */
+  readonly cache?: string;
 }
 
 type Destination = ReturnType<typeof pino.destination>;
@@ -125,6 +127,7 @@ export class AccessLogService implements OnApplicationShutdown {
     const tlsSocket = (req.socket ?? {}) as { encrypted?: boolean; getProtocol?: () => string | null; getCipher?: () => { name: string } };
     if (tlsSocket.encrypted === true) line += `,"tls_version":${jsonOrNull(tlsSocket.getProtocol?.() ?? undefined)},"tls_cipher":${jsonOrNull(tlsSocket.getCipher?.()?.name)}`;
     if (r.closeReason !== undefined) line += `,"close_reason":${JSON.stringify(r.closeReason)}`;
+    if (r.cache !== undefined) line += `,"cache":"${r.cache}"`;
     if (this.requestHeaders.length > 0) line += `,"request_headers":${JSON.stringify(this.pickRequestHeaders(req))}`;
     if (this.responseHeaders.size > 0 && r.responseHeaders !== undefined) line += `,"response_headers":${JSON.stringify(this.pickResponseHeaders(r.responseHeaders))}`;
     dest.write(`${line}}\n`);

@@ -60,6 +60,12 @@ export class MetricsService implements OnApplicationBootstrap {
   private readonly storeErrorSlot = this.rateLimitStoreErrors.bind({});
   private readonly reloads = new BoundCounter(`${METRIC_PREFIX}config_reloads_total`, 'Config reloads by result: success (applied) or failure (refused; the running config stays).', ['result'] as const);
   private readonly reloadSlots = { success: this.reloads.bind({ result: 'success' }), failure: this.reloads.bind({ result: 'failure' }) };
+  private readonly cacheRequests = new BoundCounter(`${METRIC_PREFIX}cache_requests_total`, 'Requests on routes with the cache on, by result: hit, stale (served stale: stale-while-revalidate, stale-if-error, max-stale), revalidated (a 304 from the backend refreshed it), miss (forwarded), collapsed (served from another request\'s fill), bypass (a method the cache does not serve).', ['result'] as const);
+  private readonly cacheSlots = new Map<string, number>();
+  private readonly cacheRemovals = new BoundCounter(`${METRIC_PREFIX}cache_evictions_total`, 'Stored responses removed, by reason: size (least recently used, to stay under cache.maxSize), purge (admin API), invalidation (an unsafe request, or the backend no longer allows it), expired (stale and of no further use).', ['reason'] as const);
+  private readonly cacheRemovalSlots = new Map<string, number>();
+  private readonly cacheRefreshes = new BoundCounter(`${METRIC_PREFIX}cache_background_refreshes_total`, 'Background refreshes (stale-while-revalidate) by result: updated, not_modified, uncacheable, error.', ['result'] as const);
+  private readonly cacheRefreshSlots = new Map<string, number>();
   private readonly errors = new BoundCounter(`${METRIC_PREFIX}proxy_errors_total`, 'Requests the proxy answered (or cut) because of an error, by RFC 9209 error type.', ['error'] as const);
 
   /** requests_total series per backend slot, keyed method * 1000 + status; `noBackendSlots` for requests no backend served. */
@@ -95,7 +101,7 @@ export class MetricsService implements OnApplicationBootstrap {
       (b.agent as ConnectObserved).onConnect = (ms) => this.connect.observe(slot, ms / 1000);
     });
     if (!this.enabled) return;
-    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes, this.rateLimits, this.rateLimitStoreErrors]) this.registry.registerMetric(m as never);
+    for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes, this.rateLimits, this.rateLimitStoreErrors, this.cacheRequests, this.cacheRemovals, this.cacheRefreshes]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
     if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
@@ -133,18 +139,46 @@ export class MetricsService implements OnApplicationBootstrap {
     });
   }
 
+  /** The response cache tells where its size lives (read at scrape). */
+  readCacheFrom(store: { readonly bytes: number; readonly objects: number }): void {
+    if (!this.enabled) return;
+    new Gauge({
+      name: `${METRIC_PREFIX}cache_stored_bytes`,
+      help: 'Bytes held by the response cache (bodies, headers and bookkeeping), bounded by cache.maxSize.',
+      registers: [this.registry],
+      collect() {
+        this.set(store.bytes);
+      },
+    });
+    new Gauge({
+      name: `${METRIC_PREFIX}cache_objects`,
+      help: 'Responses held by the response cache (each Vary variant counts).',
+      registers: [this.registry],
+      collect() {
+        this.set(store.objects);
+      },
+    });
+  }
+
+  recordCache(result: string): void {
+    this.cacheRequests.inc(slotOf(this.cacheSlots, this.cacheRequests, 'result', result));
+  }
+
+  recordCacheRemoval(reason: string, n: number): void {
+    if (n > 0) this.cacheRemovals.inc(slotOf(this.cacheRemovalSlots, this.cacheRemovals, 'reason', reason), n);
+  }
+
+  recordCacheRefresh(result: string): void {
+    this.cacheRefreshes.inc(slotOf(this.cacheRefreshSlots, this.cacheRefreshes, 'result', result));
+  }
+
   /** The upgrade proxy tells where its open-tunnel count lives (read at scrape). */
   readTunnelsFrom(read: () => number): void {
     this.tunnelsOpen = read;
   }
 
   recordUpgrade(result: UpgradeResult): void {
-    let slot = this.upgradeSlots.get(result);
-    if (slot === undefined) {
-      slot = this.upgrades.bind({ result });
-      this.upgradeSlots.set(result, slot);
-    }
-    this.upgrades.inc(slot);
+    this.upgrades.inc(slotOf(this.upgradeSlots, this.upgrades, 'result', result));
   }
 
   recordRateLimit(route: string, result: string): void {
@@ -198,12 +232,7 @@ export class MetricsService implements OnApplicationBootstrap {
   }
 
   recordError(code: string): void {
-    let slot = this.errorSlots.get(code);
-    if (slot === undefined) {
-      slot = this.errors.bind({ error: code });
-      this.errorSlots.set(code, slot);
-    }
-    this.errors.inc(slot);
+    this.errors.inc(slotOf(this.errorSlots, this.errors, 'error', code));
   }
 
   // ---- control plane ------------------------------------------------------------------------
@@ -286,4 +315,14 @@ export class MetricsService implements OnApplicationBootstrap {
       },
     });
   }
+}
+
+/** The series of a one-label counter for `value`, bound on first use. */
+function slotOf<L extends string>(slots: Map<string, number>, counter: BoundCounter<L>, label: L, value: string): number {
+  let slot = slots.get(value);
+  if (slot === undefined) {
+    slot = counter.bind({ [label]: value } as Record<L, string>);
+    slots.set(value, slot);
+  }
+  return slot;
 }

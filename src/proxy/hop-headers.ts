@@ -17,7 +17,8 @@ import type { BlockList } from 'node:net';
 import { normalizeAddress, setClientAddress, setPeerAddress } from '../load-balancer/client-address.js';
 
 export const VIA_TOKEN = 'proxymity';
-const VIA_11 = `1.1 ${VIA_TOKEN}`;
+/** Our Via entry for HTTP/1.1 (responses the cache makes carry it too). */
+export const VIA_11 = `1.1 ${VIA_TOKEN}`;
 const VIA_10 = `1.0 ${VIA_TOKEN}`;
 const REQUEST_ID = 'x-request-id';
 const COMMA_LIST = /\s*,\s*/;

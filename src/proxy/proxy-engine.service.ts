@@ -35,7 +35,9 @@ import { AccessLogService } from '../logging/access-log.service.js';
 import { MetricsService, type RetryReason } from '../metrics/metrics.service.js';
 import type { Route } from '../routing/route.js';
 import { applyResponseOps } from '../routing/route.js';
-import { buildResponseHeaders } from './hop-headers.js';
+import type { CacheTransaction } from '../cache/cache-transaction.js';
+import type { StoredResponse } from '../cache/stored-response.js';
+import { buildResponseHeaders, VIA_11 } from './hop-headers.js';
 import {
   classifyUpstreamError,
   CLIENT_CLOSED,
@@ -102,6 +104,8 @@ class Exchange {
   readonly writtenBefore: number;
   /** The response header list as written, kept only when the access log wants response headers. */
   responseHeaders: string[] | undefined = undefined;
+  /** The cache's part in this request (routes with the cache on). */
+  cache: CacheTransaction | undefined = undefined;
 
   constructor(
     readonly engine: ProxyEngine,
@@ -152,9 +156,10 @@ export class ProxyEngine {
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
-  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string, route: Route, target: string = req.url as string): void {
+  forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string, route: Route, target: string = req.url as string, cache?: CacheTransaction): void {
     const ex = new Exchange(this, req, res, requestId, isBodyless(req), route, target);
     (res as WithExchange<ServerResponse>)[kExchange] = ex;
+    ex.cache = cache;
     const retry = route.retry;
     if (!ex.bodyless && retry.bufferBody > 0 && retry.methods.has(req.method as string) && req.headers.trailer === undefined) {
       const cl = req.headers['content-length'];
@@ -186,6 +191,54 @@ export class ProxyEngine {
         connectMs: -1, headerMs: -1, termination: PROXY_ERRORS[code].termination, error: code, responseHeaders: undefined,
       });
     }
+  }
+
+  /** Answers from the cache: `cache.stored` (a hit, or a stale stand-in when no backend is available). */
+  serveFromCache(req: IncomingMessage, res: ServerResponse, requestId: string, route: Route, target: string, cache: CacheTransaction): void {
+    const ex = new Exchange(this, req, res, requestId, true, route, target);
+    (res as WithExchange<ServerResponse>)[kExchange] = ex;
+    ex.cache = cache;
+    res.once('close', onClientClose);
+    this.inFlight++;
+    this.respondFromCache(ex, cache, cache.stored as StoredResponse);
+  }
+
+  /**
+   * Writes a stored response: the whole of it, its headers alone (HEAD), or a 304 when the
+   * client's own conditionals match it. Age, Via, X-Request-Id and Cache-Status are this request's.
+   */
+  private respondFromCache(ex: Exchange, tx: CacheTransaction, stored: StoredResponse): void {
+    const res = ex.res;
+    if (res.headersSent || ex.closed) return;
+    const notModified = stored.notModifiedFor(tx.ifNoneMatch, tx.ifModifiedSince);
+    let headers = notModified ? stored.notModifiedHeaders() : stored.headers.slice();
+    headers.push('age', String(Math.max(0, Math.floor(stored.age()))), 'via', VIA_11, 'x-request-id', ex.requestId, 'cache-status', tx.cacheStatus);
+    const status = notModified ? 304 : stored.status;
+    try {
+      headers = this.finishHeaders(ex, headers);
+      if (ex.req.httpVersionMajor === 2) res.writeHead(status, forHttp2(headers));
+      else res.writeHead(status, notModified ? 'Not Modified' : stored.statusMessage, headers);
+      if (this.accessLog?.wantsResponseHeaders === true) ex.responseHeaders = headers;
+    } catch {
+      // A stored header Node refuses for this client (HTTP/2's stricter rules): nothing was sent yet.
+      for (const name of res.getHeaderNames()) res.removeHeader(name);
+      ex.error = 'proxy_internal_error';
+      ex.termination = PROXY_ERRORS.proxy_internal_error.termination;
+      writeError(res, 'proxy_internal_error', ex.requestId);
+      return;
+    }
+    if (notModified || ex.req.method === 'HEAD') res.end();
+    else res.end(stored.body);
+  }
+
+  /** The route's response header changes, rate-limit headers and HSTS, on any response that goes to the client. */
+  private finishHeaders(ex: Exchange, headers: string[]): string[] {
+    const route = ex.route;
+    if (route.responseHeaders !== undefined) headers = applyResponseOps(headers, route.responseHeaders);
+    const extra = (ex.res as WithResponseHeaders)[kResponseHeaders];
+    if (extra !== undefined) headers.push(...extra);
+    if (this.hsts !== undefined && (ex.req.socket as { encrypted?: boolean }).encrypted === true) headers.push('strict-transport-security', this.hsts);
+    return headers;
   }
 
   private attempt(ex: Exchange, backend: Backend): void {
@@ -238,6 +291,12 @@ export class ProxyEngine {
       if (next !== undefined) {
         this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after ${code} from "${backend.id}" [request ${ex.requestId}]`);
         this.retryOn(ex, next);
+        return;
+      }
+      const standIn = ex.cache?.onError();
+      if (standIn !== undefined) {
+        this.logger.warn(`${ex.req.method} ${ex.req.url}: ${code} from "${backend.id}" (${err.message}); served the stale stored response (stale-if-error) [request ${ex.requestId}]`);
+        this.respondFromCache(ex, ex.cache as CacheTransaction, standIn);
         return;
       }
       const status = PROXY_ERRORS[code].status;
@@ -340,15 +399,26 @@ export class ProxyEngine {
         }
       }
     }
+    const tx = ex.cache;
+    if (tx !== undefined) {
+      const stored = tx.onResponse(pres);
+      if (stored !== undefined) {
+        // Answered from the cache: the backend confirmed the stored response (304), or failed
+        // and stale-if-error lets the stored one stand in.
+        ex.upstream = undefined;
+        this.release(ex);
+        pres.resume();
+        this.respondFromCache(ex, tx, stored);
+        return;
+      }
+    }
     // This answer goes to the client: the request will not be sent again.
     ex.replay = undefined;
     try {
       let headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
+      if (tx !== undefined) headers.push('cache-status', tx.cacheStatus);
+      headers = this.finishHeaders(ex, headers);
       const route = ex.route;
-      if (route.responseHeaders !== undefined) headers = applyResponseOps(headers, route.responseHeaders);
-      const extra = (res as WithResponseHeaders)[kResponseHeaders];
-      if (extra !== undefined) headers.push(...extra);
-      if (this.hsts !== undefined && (ex.req.socket as { encrypted?: boolean }).encrypted === true) headers.push('strict-transport-security', this.hsts);
       if (route.pool.sticky !== undefined && backend !== undefined) {
         const cookie = this.lb.stickyCookie(route.pool, ex.req, backend);
         if (cookie !== undefined) headers.push('set-cookie', cookie);
@@ -370,6 +440,7 @@ export class ProxyEngine {
     }
     (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
     pres.on('error', onUpstreamBodyError);
+    if (tx?.storing === true) tx.capture(pres);
     if (pres.headers.trailer === undefined) pres.pipe(res);
     else {
       // Announced trailers (gRPC-web status, checksums) are copied after the body.
@@ -402,6 +473,7 @@ export class ProxyEngine {
     }
     if (ex.totalTimer !== undefined) clearTimeout(ex.totalTimer);
     if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
+    if (ex.cache !== undefined) ex.cache.onClose();
     this.inFlight--;
     const up = ex.upstream;
     this.release(ex);
@@ -434,6 +506,7 @@ export class ProxyEngine {
     if (this.metrics !== undefined) {
       if (error !== undefined) this.metrics.recordError(error);
       this.metrics.recordRequest(ex.lastBackend, ex.req.method, status, durationMs / 1000);
+      if (ex.cache !== undefined) this.metrics.recordCache(ex.cache.result);
     }
     if (this.accessLog === undefined) return;
     const req = ex.req;
@@ -453,6 +526,7 @@ export class ProxyEngine {
       termination: ex.termination ?? (status === 499 ? CLIENT_CLOSED : undefined),
       error,
       responseHeaders: ex.responseHeaders,
+      cache: ex.cache?.result,
     });
   }
 

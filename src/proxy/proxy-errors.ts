@@ -26,6 +26,8 @@ export const PROXY_ERRORS = {
   too_many_requests: { status: 429, termination: 'rate_limited', text: 'too many requests; see Retry-After' },
   /** The rate-limit store cannot answer and onStoreError is "deny". */
   rate_limit_unavailable: { status: 503, termination: 'rate_limit_store_error', text: 'the rate-limit store is unavailable' },
+  /** A request with `Cache-Control: only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7). */
+  only_if_cached: { status: 504, termination: 'cache_only_if_cached', text: 'only-if-cached: no stored response can be used' },
   proxy_internal_error: { status: 502, termination: 'internal_error', text: 'the request to the backend failed' },
 } as const;
 

@@ -8,10 +8,12 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Inject, Injectable, type NestMiddleware } from '@nestjs/common';
+import { ResponseCacheService } from '../cache/response-cache.service.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { buildBlockList } from '../load-balancer/client-address.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
+import type { CacheTransaction } from '../cache/cache-transaction.js';
 import type { Verdict } from '../rate-limit/rate-limit.service.js';
 import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
@@ -31,6 +33,7 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     private readonly lb: LoadBalancerService,
     private readonly routing: RoutingService,
     private readonly engine: ProxyEngine,
+    private readonly cache: ResponseCacheService,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.ownPath = cfg.proxy.healthPath;
@@ -110,15 +113,40 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     this.dispatch(req, res, route, requestId, target);
   }
 
-  /** Backend choice, the route's request changes, and forwarding. */
-  private dispatch(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string): void {
+  /**
+   * The cache (on routes that have it), backend choice, the route's request changes, and
+   * forwarding. `collapse` is false once the request has waited for another request's fill.
+   */
+  private dispatch(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string, collapse = true): void {
+    let tx: CacheTransaction | undefined;
+    if (route.cache) {
+      tx = this.cache.lookup(req, route, target, collapse);
+      const outcome = tx.outcome;
+      if (outcome === 'hit') return this.engine.serveFromCache(req, res, requestId, route, target, tx);
+      if (outcome === 'wait') {
+        // Another request is filling this key: go on when it is stored (or not), then look again.
+        return this.cache.wait(tx, () => {
+          if (!res.destroyed && !req.socket.destroyed) this.dispatch(req, res, route, requestId, target, false);
+        });
+      }
+      if (outcome === 'only-if-cached') {
+        this.cache.count(tx);
+        return this.engine.reject(req, res, 'only_if_cached', requestId);
+      }
+    }
     const backend = this.lb.pick(route.pool, req);
-    if (backend === undefined) return this.engine.reject(req, res, 'destination_unavailable', requestId);
+    if (backend === undefined) {
+      if (tx !== undefined) {
+        if (tx.onError() !== undefined) return this.engine.serveFromCache(req, res, requestId, route, target, tx);
+        this.cache.count(tx);
+      }
+      return this.engine.reject(req, res, 'destination_unavailable', requestId);
+    }
     if (route.rewrites) req.url = route.rewrite(target);
     if (route.requestHeaders !== undefined) applyRequestOps(req.headers, route.requestHeaders);
     const hostHeader = route.hostHeader;
     if (hostHeader !== 'client') req.headers.host = hostHeader === 'backend' ? backend.url.host : hostHeader;
-    this.engine.forward(req, res, backend, requestId, route, target);
+    this.engine.forward(req, res, backend, requestId, route, target, tx);
   }
 }
 

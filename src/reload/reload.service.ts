@@ -14,6 +14,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
+import { ResponseCacheService } from '../cache/response-cache.service.js';
 import { ConfigStore, configVersion } from '../config/config-store.js';
 import { ConfigError } from '../config/config.errors.js';
 import { loadConfigFile } from '../config/config.loader.js';
@@ -47,6 +48,7 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     private readonly registry: BackendRegistry,
     private readonly lb: LoadBalancerService,
     private readonly routing: RoutingService,
+    private readonly cache: ResponseCacheService,
     private readonly metrics: MetricsService,
     @Inject(PROXYMITY_CONFIG) private readonly boot: ProxymityConfig,
   ) {}
@@ -101,6 +103,7 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
       const changes = this.registry.apply(next);
       const pools = this.lb.build(next);
       this.routing.build(next);
+      this.cache.configure(next.cache);
       this.store.replace(next);
       const details = [
         ...changes.added.map((b) => `backend "${b.id}" added to pool "${b.pool}"`),

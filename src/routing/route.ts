@@ -49,6 +49,8 @@ export class Route {
   readonly responseHeaders: HeaderOps | undefined;
   /** The route's rate limit (its own, or the top-level one), if any. */
   readonly rateLimit: RateLimitPolicy | undefined;
+  /** Responses on this route go through the response cache (routes[].cache, else cache.enabled). */
+  readonly cache: boolean;
   /** True when the route changes the path (strip or add a prefix). */
   readonly rewrites: boolean;
   private readonly stripPrefix: string | undefined;
@@ -65,6 +67,7 @@ export class Route {
     this.name = cfg.name;
     this.pool = pool;
     this.rateLimit = rateLimit;
+    this.cache = cfg.cache ?? global.cache.enabled;
     const m = cfg.match;
     const hosts = m.host === undefined ? [] : typeof m.host === 'string' ? [m.host] : m.host;
     const exact = hosts.filter((h) => !h.startsWith('*.')).map((h) => h.toLowerCase());
