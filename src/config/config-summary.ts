@@ -9,6 +9,7 @@ type Pool = Cfg['pools'][string];
 type Route = Cfg['routes'][number];
 
 const ms = (n: number) => (n % 1000 === 0 ? `${n / 1000}s` : `${n}ms`);
+const mib = (n: number) => (n >= 1024 * 1024 ? `${+(n / 1024 / 1024).toFixed(1)} MiB` : `${+(n / 1024).toFixed(1)} KiB`);
 
 export function describeRoute(r: Route): string {
   const m = r.match;
@@ -22,6 +23,7 @@ export function describeRoute(r: Route): string {
     r.stripPrefix !== undefined ? `strip ${r.stripPrefix}` : '',
     r.addPrefix !== undefined ? `add ${r.addPrefix}` : '',
     r.hostHeader !== 'client' ? `Host ${r.hostHeader}` : '',
+    r.cache !== undefined ? `cache ${r.cache ? 'on' : 'off'}` : '',
   ].filter(Boolean);
   return `${conds.length > 0 ? conds.join(', ') : 'every request'} -> ${r.pool}${extras.length > 0 ? ` (${extras.join(', ')})` : ''}`;
 }
@@ -43,6 +45,7 @@ export function summarize(cfg: Cfg, file: string, version: string): string {
     ...pools.flatMap(describePool),
     `routes (${cfg.routes.length}, first match wins):`,
     ...cfg.routes.map((r, i) => `  ${i + 1}. ${r.name}: ${describeRoute(r)}`),
+    `cache: ${cfg.cache.enabled || cfg.routes.some((r) => r.cache === true) ? `${cfg.cache.enabled ? 'on' : 'on for some routes'}, ${mib(cfg.cache.maxSize)} (objects up to ${mib(cfg.cache.maxObjectSize)})` : 'off'}`,
     `timeouts: connect ${ms(cfg.upstream.connectTimeout)}, idle ${ms(cfg.upstream.timeout)}${cfg.upstream.headerTimeout !== undefined ? `, headers ${ms(cfg.upstream.headerTimeout)}` : ''}${cfg.upstream.totalTimeout > 0 ? `, total ${ms(cfg.upstream.totalTimeout)}` : ''}; retries: ${cfg.retry.attempts ?? cfg.upstream.retries + 1} tries on ${cfg.retry.on.join(', ')}`,
   ].join('\n');
 }
@@ -89,7 +92,7 @@ export function diffConfigs(running: Cfg, next: Cfg): string[] {
   for (const key of ['proxy', 'admin', 'metrics', 'accessLog', 'websocket'] as const) {
     if (JSON.stringify(running[key]) !== JSON.stringify(next[key])) out.push(`! ${key} changed: needs a restart (a reload does not apply it)`);
   }
-  for (const key of ['loadBalancer', 'healthCheck', 'outlierDetection', 'retry', 'upstream'] as const) {
+  for (const key of ['loadBalancer', 'healthCheck', 'outlierDetection', 'retry', 'upstream', 'rateLimit', 'cache'] as const) {
     if (JSON.stringify(running[key]) !== JSON.stringify(next[key])) out.push(`~ ${key} changed`);
   }
   return out;

@@ -7,6 +7,11 @@
  * --rate-limit adds Proxymity with a rate limit that never triggers, in memory and in Redis
  * (a redis-server started for the run).
  *
+ * --cache adds Proxymity with the response cache on, and nginx with proxy_cache, and two
+ * scenarios the origin marks cacheable (Cache-Control: max-age=3600): cache-hit throughput
+ * against the uncached proxies and direct to the origin. On the other scenarios (no freshness)
+ * the cached Proxymity shows what the cache costs on traffic it cannot store.
+ *
  * --observability adds two more Proxymity instances: one with metrics off (and no access log),
  * one with metrics on and JSON access logs to a file, so the cost of both can be read off.
  *
@@ -78,6 +83,8 @@ interface Options {
   observability: boolean;
   /** Add Proxymity with a rate limit that never triggers, in memory and in Redis (--rate-limit). */
   rateLimit: boolean;
+  /** Add Proxymity and nginx with their caches on, and the cacheable scenarios (--cache). */
+  cache: boolean;
   /** Add Proxymity's HTTPS listener as a target (wrk over TLS), and h2load over HTTP/2 when installed (--tls). */
   tls: boolean;
   /** Run the WebSocket messages/s comparison (default: yes; --no-ws skips it, --ws-only runs only it). */
@@ -102,6 +109,7 @@ function parseOptions(argv: string[]): Options {
     noStream: argv.includes('--no-stream'),
     observability: argv.includes('--observability'),
     rateLimit: argv.includes('--rate-limit'),
+    cache: argv.includes('--cache'),
     tls: argv.includes('--tls'),
     ws: !argv.includes('--no-ws'),
     wsOnly: argv.includes('--ws-only'),
@@ -132,6 +140,12 @@ const SCENARIOS: Scenario[] = [
     script: `wrk.method = "POST"\nwrk.body = string.rep("p", 1048576)\nwrk.headers["Content-Type"] = "application/octet-stream"\n`,
   },
   { name: 'short connections', path: '/', headers: ['Connection: close'] },
+];
+
+/** With --cache: the same bodies, marked cacheable by the origin. */
+const CACHE_SCENARIOS: Scenario[] = [
+  { name: 'cacheable small GET (3 B)', path: '/c/small' },
+  { name: 'cacheable 16 KiB GET', path: '/c/16k' },
 ];
 
 interface Row {
@@ -168,6 +182,8 @@ function nginxOrigins(tmp: string, ports: number[], sinkPort: number): string {
     listen 127.0.0.1:${p} reuseport backlog=4096;
     keepalive_requests 1000000;
     location = /16k { root ${root}; }
+    location = /c/16k { add_header Cache-Control "max-age=3600"; alias ${root}/16k; }
+    location = /c/small { add_header Cache-Control "max-age=3600"; return 200 "ok\\n"; }
     location = /200m { root ${root}; }
     # A bare \`return\` would answer before reading the body; uploads go on to a Node sink
     # that reads every byte before answering, as a real upload handler does.
@@ -179,8 +195,10 @@ function nginxOrigins(tmp: string, ports: number[], sinkPort: number): string {
   return nginxConf(tmp, 'origin', `  upstream sink { server 127.0.0.1:${sinkPort}; keepalive 64; }\n${servers}`, 2);
 }
 
-function nginxProxy(tmp: string, port: number, origins: number[]): string {
-  const body = `  upstream origins {
+function nginxProxy(tmp: string, port: number, origins: number[], cache = false): string {
+  // proxy_cache: a memory zone for keys, bodies in files (the page cache, on this machine).
+  const cacheConf = cache ? `\n      proxy_cache hot;\n      proxy_cache_lock on;\n      proxy_cache_revalidate on;` : '';
+  const body = `${cache ? `  proxy_cache_path ${tmp}/nginx-cache keys_zone=hot:10m max_size=256m inactive=1h use_temp_path=off;\n` : ''}  upstream origins {
 ${origins.map((p) => `    server 127.0.0.1:${p};`).join('\n')}
     keepalive 64;
   }
@@ -192,10 +210,10 @@ ${origins.map((p) => `    server 127.0.0.1:${p};`).join('\n')}
       proxy_pass http://origins;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_request_buffering off;
+      proxy_request_buffering off;${cacheConf}
     }
   }`;
-  return nginxConf(tmp, 'proxy', body, 1);
+  return nginxConf(tmp, cache ? 'proxy-cache' : 'proxy', body, 1);
 }
 
 function nginxConf(tmp: string, name: string, servers: string, workers: number): string {
@@ -250,6 +268,7 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
     variants.push(['proxymity (metrics off)', 'metrics: {enabled: false}\n']);
     variants.push(['proxymity (metrics + access log)', `accessLog: {enabled: true, output: ${join(tmp, 'access.log')}}\n`]);
   }
+  if (opts.cache) variants.push(['proxymity (cache)', 'cache: {enabled: true, maxSize: 64MiB}\n']);
   if (opts.rateLimit) {
     const redisPort = await freePort();
     const redis = spawnLogged('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], tmp, 'redis');
@@ -275,6 +294,11 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
     const ngPort = await freePort();
     const ng = spawnLogged(NGINX, ['-c', nginxProxy(tmp, ngPort, origins), '-p', tmp], tmp, 'nginx-proxy');
     targets.push({ name: 'nginx', url: `http://127.0.0.1:${ngPort}`, pid: ng.pid, proc: ng });
+    if (opts.cache) {
+      const ncPort = await freePort();
+      const nc = spawnLogged(NGINX, ['-c', nginxProxy(tmp, ncPort, origins, true), '-p', tmp], tmp, 'nginx-proxy-cache');
+      targets.push({ name: 'nginx (cache)', url: `http://127.0.0.1:${ncPort}`, pid: nc.pid, proc: nc });
+    }
   }
   await Promise.all(targets.map((t) => waitForPort(Number(new URL(t.url).port))));
   const chosen = opts.only ? targets.filter((t) => t.name === 'direct' || opts.only!.some((o) => t.name.startsWith(o))) : targets;
@@ -398,14 +422,15 @@ async function main(): Promise<void> {
   const { originKind, originProc, sinkProc, targets } = await startTargets(tmp, opts);
   const px = targets.find((t) => t.name === 'proxymity');
   const idleRss = px?.pid ? rssMiB(processTree(px.pid)) : undefined;
-  console.log(`origins: ${originKind}; targets: ${targets.map((t) => t.name).join(', ')}; ${opts.rounds} rounds × ${opts.durationS}s × ${SCENARIOS.length} scenarios; wrk -t1 -c${opts.connections}`);
+  console.log(`origins: ${originKind}; targets: ${targets.map((t) => t.name).join(', ')}; ${opts.rounds} rounds × ${opts.durationS}s × ${SCENARIOS.length + (opts.cache ? CACHE_SCENARIOS.length : 0)} scenarios; wrk -t1 -c${opts.connections}`);
 
   try {
     // Warm-up: JIT and connection pools, not measured.
     for (const t of targets) await runWrk({ url: `${t.url}/`, durationS: 1, connections: opts.connections, tmpDir: tmp });
 
     const samples = new Map<string, { rps: number[]; rpcs: number[]; p50: number[]; p99: number[]; peak: number[]; errors: number }>();
-    const scenarios = opts.scenarios ? SCENARIOS.filter((x) => opts.scenarios!.some((p) => x.name.startsWith(p))) : SCENARIOS;
+    const all = opts.cache ? [...SCENARIOS, ...CACHE_SCENARIOS] : SCENARIOS;
+    const scenarios = opts.scenarios ? all.filter((x) => opts.scenarios!.some((p) => x.name.startsWith(p))) : all;
     for (let round = 0; round < opts.rounds; round++) {
       for (const scenario of scenarios) {
         // Rotate the order each round so no target always runs first (A B C D, B C D A, ...).

@@ -25,8 +25,10 @@ function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
   }
   req.resume();
   req.on('end', () => {
-    const body = url.startsWith('/16k') ? K16 : OK;
-    res.writeHead(200, { 'content-length': String(body.length), 'content-type': 'text/plain' });
+    const body = url.startsWith('/16k') || url.startsWith('/c/16k') ? K16 : OK;
+    // /c/...: the same bodies, cacheable (the --cache scenarios).
+    if (url.startsWith('/c/')) res.writeHead(200, { 'content-length': String(body.length), 'content-type': 'text/plain', 'cache-control': 'max-age=3600' });
+    else res.writeHead(200, { 'content-length': String(body.length), 'content-type': 'text/plain' });
     res.end(body);
   });
 }

@@ -5,11 +5,14 @@
  * bounds, per-route switches and metrics.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import http2 from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { ScriptedOrigin } from '../fixtures/scripted-origin.js';
+import { makeTestCa } from '../helpers/certs.js';
 import { request, type TestResponse } from '../helpers/http-client.js';
 import { delta, sample, scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
@@ -467,5 +470,54 @@ describe('ResponseCache with the origin gone (e2e)', () => {
     const gone = await pollUntil(() => request(`${sut.url}/plain`), (r) => r.status !== 200, { what: 'the error for /plain' });
     assert.equal(gone.status, 502);
     await pollUntil(() => scrape(sut.adminUrl as string, TOKEN), (m) => sample(m, 'proxymity_cache_requests_total', { result: 'stale' }) >= 1, { what: 'a stale result in the metrics' });
+  });
+});
+
+describe('ResponseCache over HTTP/2 (e2e)', () => {
+  let origin: ScriptedOrigin;
+  let sut: RunningProxymity;
+  const ca = makeTestCa();
+  before(async () => {
+    origin = await new ScriptedOrigin().listen();
+    const cert = ca.issue('h2', ['h2.test']);
+    const yaml = `${cacheConfig(origin.url)}
+listeners:
+  - {name: tls, host: 127.0.0.1, port: 0, protocol: https, certificates: [{cert: "${cert.cert}", key: "${cert.key}"}]}
+`;
+    sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'cache-h2.yaml'), { logger: false });
+  });
+  after(async () => {
+    await sut.close();
+    await origin.close();
+  });
+
+  it('serves hits and 304s to HTTP/2 clients', async () => {
+    origin.on('/h2', { headers: { 'cache-control': 'max-age=60', etag: '"h2"', 'content-type': 'text/plain' }, body: 'over h2' });
+    const client = http2.connect(sut.listeners.tls, { ca: readFileSync(ca.caCert), servername: 'h2.test' });
+    client.on('error', () => undefined); // reported through the requests
+    const get = (headers: http2.OutgoingHttpHeaders = {}) =>
+      new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const req = client.request({ ':path': '/h2', ':authority': 'h2.test', ...headers });
+        let h: http2.IncomingHttpHeaders = {};
+        let body = '';
+        req.on('response', (x) => (h = x));
+        req.on('data', (c) => (body += c));
+        req.on('end', () => resolve({ headers: h, body }));
+        req.on('error', reject);
+        req.end();
+      });
+    try {
+      const first = await get();
+      assert.equal(first.headers[':status'], 200);
+      const hit = await get();
+      assert.equal(hit.headers[':status'], 200);
+      assert.equal(hit.body, 'over h2');
+      assert.match(String(hit.headers['cache-status']), /hit/);
+      const notModified = await get({ 'if-none-match': '"h2"' });
+      assert.equal(notModified.headers[':status'], 304);
+      assert.equal(origin.count('/h2'), 1);
+    } finally {
+      client.close();
+    }
   });
 });
