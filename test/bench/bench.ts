@@ -420,8 +420,7 @@ async function main(): Promise<void> {
   }
   const started = Date.now();
   const { originKind, originProc, sinkProc, targets } = await startTargets(tmp, opts);
-  const px = targets.find((t) => t.name === 'proxymity');
-  const idleRss = px?.pid ? rssMiB(processTree(px.pid)) : undefined;
+  const idleRss = await idleMemory(targets.find((t) => t.name === 'proxymity'), tmp);
   console.log(`origins: ${originKind}; targets: ${targets.map((t) => t.name).join(', ')}; ${opts.rounds} rounds × ${opts.durationS}s × ${SCENARIOS.length + (opts.cache ? CACHE_SCENARIOS.length : 0)} scenarios; wrk -t1 -c${opts.connections}`);
 
   try {
@@ -498,7 +497,36 @@ function machine(): string {
   return `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${os.type()} ${os.release()}`;
 }
 
-function render(rows: Row[], streams: StreamRow[], picks: PickResult[], meta: { originKind: string; idleRss: number | undefined; opts: Options; seconds: number }): string {
+interface IdleRss {
+  /** Proxymity right after start, and after 30 s without traffic. */
+  proxymityBoot: number;
+  proxymityIdle: number;
+  /** The same for a bare Nest 12 app (bare-nest.ts). */
+  nestBoot: number;
+  nestIdle: number;
+}
+
+/**
+ * RSS right after start and once idle: V8 grows the young generation while a Nest app boots and
+ * its memory reducer gives it back after some seconds without allocation (about 15 s here), so
+ * the idle figure is read 30 s after start, for Proxymity and for a bare Nest app alike.
+ */
+async function idleMemory(px: Target | undefined, tmp: string): Promise<IdleRss | undefined> {
+  if (px?.pid === undefined) return undefined;
+  const port = await freePort();
+  const nest = spawnLogged(process.execPath, [join(HERE, 'bare-nest.js'), '--port', String(port)], tmp, 'bare-nest');
+  try {
+    await waitForPort(port);
+    const proxymityBoot = rssMiB(processTree(px.pid));
+    const nestBoot = rssMiB(processTree(nest.pid as number));
+    await new Promise((r) => setTimeout(r, 30_000));
+    return { proxymityBoot, proxymityIdle: rssMiB(processTree(px.pid)), nestBoot, nestIdle: rssMiB(processTree(nest.pid as number)) };
+  } finally {
+    nest.kill('SIGTERM');
+  }
+}
+
+function render(rows: Row[], streams: StreamRow[], picks: PickResult[], meta: { originKind: string; idleRss: IdleRss | undefined; opts: Options; seconds: number }): string {
   const lines: string[] = [];
   lines.push(`Date: ${new Date().toISOString()}  `, `Machine: ${machine()}  `, `Origins: ${meta.originKind}; load: wrk -t1 -c${meta.opts.connections}, ${meta.opts.rounds} interleaved rounds × ${meta.opts.durationS}s, medians; run took ${meta.seconds.toFixed(0)}s`, '');
   lines.push('| scenario | target | req/s | req per proxy CPU-s | p50 ms | p99 ms | peak RSS MiB | errors | req/CPU-s vs bare | vs nginx | p99 vs bare |');
@@ -511,7 +539,8 @@ function render(rows: Row[], streams: StreamRow[], picks: PickResult[], meta: { 
       `| ${r.scenario} | ${r.target} | ${fmt(r.rps)} | ${fmt(r.reqPerCpuS)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.peakRssMiB, 1)} | ${r.errors} | ${isProxy ? ratio(r.reqPerCpuS, bare?.reqPerCpuS) : '—'} | ${isProxy ? ratio(r.reqPerCpuS, ng?.reqPerCpuS) : '—'} | ${isProxy ? ratio(r.p99Ms, bare?.p99Ms) : '—'} |`,
     );
   }
-  lines.push('', `Proxymity idle RSS: ${fmt(meta.idleRss, 1)} MiB`, '');
+  const m = meta.idleRss;
+  if (m !== undefined) lines.push('', `RSS: Proxymity ${fmt(m.proxymityBoot, 1)} MiB after start, ${fmt(m.proxymityIdle, 1)} MiB idle (30 s after start); a bare Nest 12 app: ${fmt(m.nestBoot, 1)} and ${fmt(m.nestIdle, 1)} MiB`, '');
   lines.push('| streaming | target | MiB | seconds | MiB/s | RSS growth MiB |', '|---|---|---:|---:|---:|---:|');
   for (const s of streams) lines.push(`| ${s.direction} | ${s.target} | ${s.mib} | ${s.seconds.toFixed(2)} | ${fmt(s.mib / s.seconds)} | ${s.rssGrowthMiB.toFixed(1)} |`);
   lines.push('', ...renderPicks(picks));
