@@ -38,7 +38,7 @@ export class CacheStore {
     if (variants === undefined) variants = [];
     else {
       this.keys.delete(key);
-      const same = variants.findIndex((v) => v.varyKey === entry.varyKey);
+      const same = variants.findIndex((v) => v.varyKey === entry.varyKey && v.scheme === entry.scheme);
       if (same >= 0) this.drop(variants.splice(same, 1));
       else if (variants.length >= MAX_VARIANTS) this.drop(variants.splice(0, 1), 'size');
     }

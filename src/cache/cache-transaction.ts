@@ -64,8 +64,9 @@ export class CacheTransaction {
   ifModifiedSince: string | undefined = undefined;
   /** The request as the cache keys and judges it (headers copied before the route changes them). */
   request: PolicyRequest | undefined = undefined;
-  /** Host of the request (invalidations of Location stay on it). */
+  /** Host of the request (invalidations of Location stay on it), and the scheme the client used. */
   host = '';
+  scheme = 'http';
 
   private policy: CachePolicy | undefined = undefined;
   private capturing = false;
@@ -211,7 +212,7 @@ export class CacheTransaction {
     this.chunks = undefined;
     if (!pres.complete || this.received !== body.length || request === undefined || policy === undefined) return this.done();
     const names = varyNames(pres.headers.vary);
-    this.cache.commit(new StoredResponse(this.key, this.status, this.statusMessage, this.rawHeaders, body, policy, varyValues(names, request.headers)));
+    this.cache.commit(new StoredResponse(this.key, this.status, this.statusMessage, this.rawHeaders, body, policy, varyValues(names, request.headers), this.scheme));
     this.done();
   }
 

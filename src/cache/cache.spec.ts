@@ -13,7 +13,7 @@ function stored(headers: Record<string, string>, opts: { key?: string; body?: st
   const status = opts.status ?? 200;
   const policy = new CachePolicy(req, { status, headers }, { shared: true });
   const raw = Object.entries(headers).flat();
-  return new StoredResponse(opts.key ?? 'h/x', status, 'OK', raw, Buffer.from(opts.body ?? 'body'), policy, varyValues(varyNames(headers.vary), req.headers));
+  return new StoredResponse(opts.key ?? 'h/x', status, 'OK', raw, Buffer.from(opts.body ?? 'body'), policy, varyValues(varyNames(headers.vary), req.headers), 'http');
 }
 
 const none = requestDirectives({});
@@ -84,21 +84,28 @@ describe('freshness', () => {
 
 describe(StoredResponse.name, () => {
   it('stores headers without hop-by-hop fields, Age or the request id, and with the body\'s Content-Length', () => {
-    const s = stored({ 'cache-control': 'max-age=60', connection: 'x-hop', 'x-hop': '1', 'keep-alive': 'timeout=5', 'transfer-encoding': 'chunked', age: '3', 'x-request-id': 'abc', 'content-type': 'text/plain' }, { body: 'hello' });
-    assert.deepEqual(s.headers, ['cache-control', 'max-age=60', 'content-type', 'text/plain', 'content-length', '5']);
+    const date = new Date().toUTCString();
+    const s = stored({ date, 'cache-control': 'max-age=60', connection: 'x-hop', 'x-hop': '1', 'keep-alive': 'timeout=5', 'transfer-encoding': 'chunked', age: '3', 'x-request-id': 'abc', 'content-type': 'text/plain' }, { body: 'hello' });
+    assert.deepEqual(s.headers, ['date', date, 'cache-control', 'max-age=60', 'content-type', 'text/plain', 'content-length', '5']);
+  });
+
+  it('adds a Date when the origin sent none (RFC 9110 §6.6.1)', () => {
+    const s = stored({ 'cache-control': 'max-age=60' });
+    const i = s.headers.indexOf('date');
+    assert.ok(i >= 0 && Math.abs(Date.parse(s.headers[i + 1]) - Date.now()) < 2000);
   });
 
   it('takes the headers of a 304, but not those that describe the body', () => {
-    const s = stored({ 'cache-control': 'max-age=1', etag: '"e"', 'x-v': '1', 'content-type': 'text/plain' });
+    const s = stored({ date: 'Mon, 30 Nov 2026 10:00:00 GMT', 'cache-control': 'max-age=1', etag: '"e"', 'x-v': '1', 'content-type': 'text/plain' });
     const req = { method: 'GET', url: '/x', headers: { host: 'h' } };
     const { policy } = s.policy.revalidatedPolicy(req, { status: 304, headers: { etag: '"e"', 'cache-control': 'max-age=60', 'x-v': '2', 'content-type': 'text/html' } });
     s.revalidated(policy, ['ETag', '"e"', 'Cache-Control', 'max-age=60', 'X-V', '2', 'Content-Type', 'text/html']);
     assert.equal(s.lifetime, 60);
-    assert.deepEqual(s.headers, ['content-type', 'text/plain', 'content-length', '4', 'ETag', '"e"', 'Cache-Control', 'max-age=60', 'X-V', '2']);
+    assert.deepEqual(s.headers, ['date', 'Mon, 30 Nov 2026 10:00:00 GMT', 'content-type', 'text/plain', 'content-length', '4', 'ETag', '"e"', 'Cache-Control', 'max-age=60', 'X-V', '2']);
   });
 
   it('answers a client\'s If-None-Match by weak comparison, and If-Modified-Since only without it', () => {
-    const s = stored({ etag: 'W/"a"', 'last-modified': 'Mon, 30 Nov 2026 10:00:00 GMT', 'cache-control': 'max-age=60' });
+    const s = stored({ date: 'Mon, 30 Nov 2026 11:00:00 GMT', etag: 'W/"a"', 'last-modified': 'Mon, 30 Nov 2026 10:00:00 GMT', 'cache-control': 'max-age=60' });
     assert.equal(s.notModifiedFor('"a"', undefined), true);
     assert.equal(s.notModifiedFor('"b", W/"a"', undefined), true);
     assert.equal(s.notModifiedFor('*', undefined), true);
@@ -106,7 +113,7 @@ describe(StoredResponse.name, () => {
     assert.equal(s.notModifiedFor(undefined, 'Tue, 01 Dec 2026 10:00:00 GMT'), true);
     assert.equal(s.notModifiedFor(undefined, 'Sun, 29 Nov 2026 10:00:00 GMT'), false);
     assert.equal(s.notModifiedFor(undefined, 'not a date'), false);
-    assert.deepEqual(s.notModifiedHeaders(), ['etag', 'W/"a"', 'last-modified', 'Mon, 30 Nov 2026 10:00:00 GMT', 'cache-control', 'max-age=60']);
+    assert.deepEqual(s.notModifiedHeaders(), ['date', 'Mon, 30 Nov 2026 11:00:00 GMT', 'etag', 'W/"a"', 'last-modified', 'Mon, 30 Nov 2026 10:00:00 GMT', 'cache-control', 'max-age=60']);
   });
 
   it('keys variants by the normalized values of the Vary fields; an absent field differs from an empty one', () => {

@@ -87,18 +87,26 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
       return tx;
     }
     const headers = req.headers;
+    if (headers['if-match'] !== undefined || headers['if-unmodified-since'] !== undefined) {
+      // Preconditions the origin must judge (a 412 is not ours to make): passed through, not stored.
+      const tx = new CacheTransaction(this, key, `${PREFIX}; fwd=request; detail=precondition`, 'bypass');
+      return tx;
+    }
     const d = requestDirectives(headers);
     const waited = !collapse;
+    // The client's scheme, as the forwarding headers state it (set by the proxy, or kept from a trusted one).
+    const scheme = str(headers['x-forwarded-proto']) ?? 'http';
     let fwd = 'uri-miss';
     let stored: StoredResponse | undefined;
     const variants = this.store.get(key);
     if (variants !== undefined) {
-      fwd = 'vary-miss';
       for (const v of variants) {
+        if (v.scheme !== scheme) continue; // the URI differs (scheme): still a uri-miss
         if (v.varyKey === varyValues(v.varyNames, headers)) {
           stored = v;
           break;
         }
+        fwd = 'vary-miss';
       }
     }
     if (stored !== undefined) {
@@ -124,6 +132,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
     }
     const tx = new CacheTransaction(this, key, `${PREFIX}; fwd=${fwd}${waited ? '; collapsed=?0' : ''}`, 'miss');
     tx.host = host;
+    tx.scheme = scheme;
     if (d.onlyIfCached) {
       tx.outcome = 'only-if-cached';
       return tx;
@@ -311,6 +320,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
       }
       // A full response: stored like any fill (or, if it may no longer be stored, the old one goes).
       const tx = new CacheTransaction(this, key, '', 'miss');
+      tx.scheme = stored.scheme;
       tx.request = request;
       tx.mayStore = true;
       tx.onResponse(pres);

@@ -42,8 +42,12 @@ export class StoredResponse {
     policy: CachePolicy,
     /** The request's values of the Vary fields, normalized (see varyValues). */
     readonly varyKey: string,
+    /** "http" or "https" as the client used it: kept apart, like nginx's default key ($scheme$host$uri). */
+    readonly scheme: string,
   ) {
     this.headers = storedHeaders(rawHeaders, body.length, status);
+    // RFC 9110 §6.6.1: a cache that receives a response without Date adds the time it got it.
+    if (!this.headers.some((_, i) => i % 2 === 0 && this.headers[i].toLowerCase() === 'date')) this.headers.push('date', new Date(policy.date()).toUTCString());
     this.policy = policy;
     const h = policy.responseHeaders() as IncomingHttpHeaders;
     this.varyNames = varyNames(h.vary);

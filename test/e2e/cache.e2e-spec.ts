@@ -282,6 +282,15 @@ describe('ResponseCache (e2e)', () => {
       assert.equal(origin.count('/cond'), 1);
     });
 
+    it('passes If-Match and If-Unmodified-Since to the origin, which alone can answer 412', async () => {
+      origin.on('/precondition', (req) => (req.headers['if-match'] === '"old"' ? { status: 412, body: '' } : { headers: { 'cache-control': 'max-age=60', etag: '"new"' }, body: 'p' }));
+      await get('/precondition');
+      const r = await get('/precondition', { 'if-match': '"old"' });
+      assert.equal(r.status, 412);
+      assert.equal(status(r), 'Proxymity; fwd=request; detail=precondition; fwd-status=412');
+      assert.equal(origin.count('/precondition'), 2);
+    });
+
     it('fills with a full request although the client sent conditionals, and answers them itself', async () => {
       origin.on('/cond-miss', (req) => (req.headers['if-none-match'] !== undefined ? { status: 304, headers: { etag: '"e"' } } : { headers: { 'cache-control': 'max-age=60', etag: '"e"' }, body: 'full' }));
       const r = await get('/cond-miss', { 'if-none-match': '"e"' });
@@ -516,6 +525,10 @@ listeners:
       const notModified = await get({ 'if-none-match': '"h2"' });
       assert.equal(notModified.headers[':status'], 304);
       assert.equal(origin.count('/h2'), 1);
+      // Plain http for the same host and path is another object (a backend may answer each scheme differently, e.g. redirect http to https).
+      const plain = await request(`${sut.url}/h2`, { headers: { host: 'h2.test' } });
+      assert.match(status(plain), /^Proxymity; fwd=uri-miss/);
+      assert.equal(origin.count('/h2'), 2);
     } finally {
       client.close();
     }
