@@ -30,7 +30,10 @@ export class CacheStore {
     return variants;
   }
 
-  /** Stores `entry`, replacing the variant with the same Vary values; evicts to fit. */
+  /**
+   * Stores `entry`: it replaces the variant with the same Vary values, and every variant stored
+   * under another Vary (the origin changed what it varies on, so they are obsolete). Evicts to fit.
+   */
   put(entry: StoredResponse): void {
     if (entry.size > this.maxSize) return;
     const key = entry.key;
@@ -38,9 +41,12 @@ export class CacheStore {
     if (variants === undefined) variants = [];
     else {
       this.keys.delete(key);
-      const same = variants.findIndex((v) => v.varyKey === entry.varyKey && v.scheme === entry.scheme);
-      if (same >= 0) this.drop(variants.splice(same, 1));
-      else if (variants.length >= MAX_VARIANTS) this.drop(variants.splice(0, 1), 'size');
+      const names = String(entry.varyNames);
+      const replaced = variants.filter((v) => v.scheme === entry.scheme && v.route === entry.route && (v.varyKey === entry.varyKey || String(v.varyNames) !== names));
+      if (replaced.length > 0) {
+        variants = variants.filter((v) => !replaced.includes(v));
+        this.drop(replaced);
+      } else if (variants.length >= MAX_VARIANTS) this.drop(variants.splice(0, 1), 'size');
     }
     variants.push(entry);
     this.keys.set(key, variants);

@@ -13,7 +13,7 @@ function stored(headers: Record<string, string>, opts: { key?: string; body?: st
   const status = opts.status ?? 200;
   const policy = new CachePolicy(req, { status, headers }, { shared: true });
   const raw = Object.entries(headers).flat();
-  return new StoredResponse(opts.key ?? 'h/x', status, 'OK', raw, Buffer.from(opts.body ?? 'body'), policy, varyValues(varyNames(headers.vary), req.headers), 'http');
+  return new StoredResponse(opts.key ?? 'h/x', 'r', 'http', status, 'OK', raw, Buffer.from(opts.body ?? 'body'), policy, varyValues(varyNames(headers.vary), req.headers), Date.now());
 }
 
 const none = requestDirectives({});
@@ -99,7 +99,7 @@ describe(StoredResponse.name, () => {
     const s = stored({ date: 'Mon, 30 Nov 2026 10:00:00 GMT', 'cache-control': 'max-age=1', etag: '"e"', 'x-v': '1', 'content-type': 'text/plain' });
     const req = { method: 'GET', url: '/x', headers: { host: 'h' } };
     const { policy } = s.policy.revalidatedPolicy(req, { status: 304, headers: { etag: '"e"', 'cache-control': 'max-age=60', 'x-v': '2', 'content-type': 'text/html' } });
-    s.revalidated(policy, ['ETag', '"e"', 'Cache-Control', 'max-age=60', 'X-V', '2', 'Content-Type', 'text/html']);
+    s.revalidated(policy, ['ETag', '"e"', 'Cache-Control', 'max-age=60', 'X-V', '2', 'Content-Type', 'text/html', 'Set-Cookie', 'a=b'], Date.now());
     assert.equal(s.lifetime, 60);
     assert.deepEqual(s.headers, ['date', 'Mon, 30 Nov 2026 10:00:00 GMT', 'content-type', 'text/plain', 'content-length', '4', 'ETag', '"e"', 'Cache-Control', 'max-age=60', 'X-V', '2']);
   });
@@ -153,6 +153,15 @@ describe(CacheStore.name, () => {
     assert.equal(sut.get('k')?.length, 2);
     assert.ok(sut.get('k')?.includes(replacement));
     assert.equal(sut.objects, 2);
+  });
+
+  it('drops the variants stored under another Vary when the origin changes what it varies on', () => {
+    const sut = new CacheStore(1 << 20);
+    sut.put(stored({ 'cache-control': 'max-age=60' }, { key: 'k' }));
+    const varied = stored({ 'cache-control': 'max-age=60', vary: 'accept-encoding' }, { key: 'k', reqHeaders: { 'accept-encoding': 'gzip' } });
+    sut.put(varied);
+    assert.deepEqual(sut.get('k'), [varied]);
+    assert.equal(sut.objects, 1);
   });
 
   it('never stores an object larger than maxSize, and deletes by key and by prefix', () => {

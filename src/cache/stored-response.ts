@@ -14,10 +14,13 @@ const ENTRY_OVERHEAD = 256;
  * serves (Age, Content-Length), and the request id of the request that filled the entry.
  */
 const NOT_STORED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authenticate', 'age', 'content-length', 'x-request-id']);
-/** Not taken from a 304 into the stored headers: they describe the stored body (RFC 9111 §3.2). */
-const NOT_UPDATED = new Set([...NOT_STORED, 'content-encoding', 'content-range', 'content-type']);
+/**
+ * Not taken from a 304 into the stored headers: those that describe the stored body (RFC 9111
+ * §3.2), and Set-Cookie, which belongs to the one client whose request was revalidated.
+ */
+const NOT_UPDATED = new Set([...NOT_STORED, 'content-encoding', 'content-range', 'content-type', 'set-cookie', 'set-cookie2']);
 /** Sent with a 304 made from a stored response (RFC 9110 §15.4.5). */
-const NOT_MODIFIED_FIELDS = new Set(['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified']);
+export const NOT_MODIFIED_FIELDS = new Set(['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified']);
 
 export class StoredResponse {
   /** Header list as served (name, value, ...), with Content-Length set from the body. */
@@ -31,10 +34,17 @@ export class StoredResponse {
   readonly size: number;
   /** Lowercased names of the request fields the response varies on, or undefined. */
   readonly varyNames: readonly string[] | undefined;
+  /** Age when it arrived (seconds), and when that was (ms since the epoch). */
+  private initialAge: number;
+  private receivedAt: number;
 
   constructor(
     /** The primary cache key: host and request target. */
     readonly key: string,
+    /** The route that stored it: routes may send the same URL to different pools or rewrite it. */
+    readonly route: string,
+    /** "http" or "https" as the client used it: kept apart, like nginx's default key ($scheme$host$uri). */
+    readonly scheme: string,
     readonly status: number,
     readonly statusMessage: string,
     rawHeaders: readonly string[],
@@ -42,35 +52,44 @@ export class StoredResponse {
     policy: CachePolicy,
     /** The request's values of the Vary fields, normalized (see varyValues). */
     readonly varyKey: string,
-    /** "http" or "https" as the client used it: kept apart, like nginx's default key ($scheme$host$uri). */
-    readonly scheme: string,
+    /** When the response headers arrived (ms since the epoch). */
+    receivedAt: number,
   ) {
-    this.headers = storedHeaders(rawHeaders, body.length, status);
+    const headers = storedHeaders(rawHeaders, body.length, status);
     // RFC 9110 §6.6.1: a cache that receives a response without Date adds the time it got it.
-    if (!this.headers.some((_, i) => i % 2 === 0 && this.headers[i].toLowerCase() === 'date')) this.headers.push('date', new Date(policy.date()).toUTCString());
+    if (field(headers, 'date') === undefined) headers.push('date', new Date(receivedAt).toUTCString());
+    this.headers = headers;
     this.policy = policy;
     const h = policy.responseHeaders() as IncomingHttpHeaders;
     this.varyNames = varyNames(h.vary);
     this.lifetime = policy.maxAge();
     this.directives = responseDirectives(h['cache-control']);
-    this.etag = str(h.etag);
-    this.lastModified = str(h['last-modified']);
+    this.etag = field(headers, 'etag');
+    this.lastModified = field(headers, 'last-modified');
+    this.initialAge = initialAge(rawHeaders, receivedAt);
+    this.receivedAt = receivedAt;
+    // Headers count twice: the served list, and the policy's copy.
     let size = ENTRY_OVERHEAD + key.length * 2 + varyKey.length * 2 + body.length;
-    for (const s of this.headers) size += s.length;
+    for (const s of this.headers) size += s.length * 2;
     this.size = size;
   }
 
-  /** Seconds since the origin generated it (RFC 9111 §4.2.3, as http-cache-semantics computes it). */
+  /**
+   * Seconds since the origin generated it (RFC 9111 §4.2.3): the larger of its Age field and its
+   * apparent age (arrival − Date) when it arrived, plus the time it has been stored since.
+   * (http-cache-semantics' own age() counts the Age field only.)
+   */
   age(): number {
-    return this.policy.age();
+    return this.initialAge + (Date.now() - this.receivedAt) / 1000;
   }
 
   /** A 304 answered our conditional request: take its headers and the policy that follows from it (RFC 9111 §4.3.4). */
-  revalidated(policy: CachePolicy, rawHeaders: readonly string[]): void {
+  revalidated(policy: CachePolicy, rawHeaders: readonly string[], receivedAt: number): void {
+    const listed = connectionListed(rawHeaders);
     const replaced = new Set<string>();
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const n = rawHeaders[i].toLowerCase();
-      if (!NOT_UPDATED.has(n)) replaced.add(n);
+      if (!NOT_UPDATED.has(n) && listed?.has(n) !== true) replaced.add(n);
     }
     const next: string[] = [];
     for (let i = 0; i < this.headers.length; i += 2) if (!replaced.has(this.headers[i].toLowerCase())) next.push(this.headers[i], this.headers[i + 1]);
@@ -80,8 +99,10 @@ export class StoredResponse {
     const h = policy.responseHeaders() as IncomingHttpHeaders;
     this.lifetime = policy.maxAge();
     this.directives = responseDirectives(h['cache-control']);
-    this.etag = str(h.etag) ?? this.etag;
-    this.lastModified = str(h['last-modified']) ?? this.lastModified;
+    this.etag = field(next, 'etag');
+    this.lastModified = field(next, 'last-modified');
+    this.initialAge = initialAge(rawHeaders, receivedAt);
+    this.receivedAt = receivedAt;
   }
 
   /** Headers of a 304 made from this response. */
@@ -91,27 +112,36 @@ export class StoredResponse {
     return out;
   }
 
-  /**
-   * Whether a client's own conditional GET/HEAD is answered with 304 (RFC 9110 §13.2.2):
-   * If-None-Match by weak comparison, else If-Modified-Since against Last-Modified.
-   */
+  /** Whether a client's own conditional GET/HEAD is answered with 304 (see notModified). */
   notModifiedFor(ifNoneMatch: string | undefined, ifModifiedSince: string | undefined): boolean {
-    if (this.status !== 200) return false;
-    if (ifNoneMatch !== undefined) {
-      const etag = this.etag;
-      if (etag === undefined) return false;
-      if (ifNoneMatch.trim() === '*') return true;
-      const mine = weak(etag);
-      for (const tag of ifNoneMatch.split(',')) if (weak(tag.trim()) === mine) return true;
-      return false;
-    }
-    if (ifModifiedSince !== undefined && this.lastModified !== undefined) {
-      const since = Date.parse(ifModifiedSince);
-      const modified = Date.parse(this.lastModified);
-      return Number.isFinite(since) && Number.isFinite(modified) && modified <= since;
-    }
+    return notModified(this.status, this.etag, this.lastModified, ifNoneMatch, ifModifiedSince);
+  }
+}
+
+/**
+ * RFC 9110 §13.2.2 for a GET/HEAD whose selected response has `status`, `etag` and
+ * `lastModified`: If-None-Match by weak comparison, else If-Modified-Since against Last-Modified.
+ */
+export function notModified(status: number, etag: string | undefined, lastModified: string | undefined, ifNoneMatch: string | undefined, ifModifiedSince: string | undefined): boolean {
+  if (status !== 200) return false;
+  if (ifNoneMatch !== undefined) {
+    if (etag === undefined) return false;
+    if (ifNoneMatch.trim() === '*') return true;
+    const mine = weak(etag);
+    for (const tag of ifNoneMatch.split(',')) if (weak(tag.trim()) === mine) return true;
     return false;
   }
+  if (ifModifiedSince !== undefined && lastModified !== undefined) {
+    const since = Date.parse(ifModifiedSince);
+    const modified = Date.parse(lastModified);
+    return Number.isFinite(since) && Number.isFinite(modified) && modified <= since;
+  }
+  return false;
+}
+
+/** Whether two entity tags are the same by weak comparison (RFC 9110 §8.8.3.2). */
+export function sameEtag(a: string, b: string): boolean {
+  return weak(a.trim()) === weak(b.trim());
 }
 
 /** The Vary field names of a response; ["*"] for Vary: *. */
@@ -135,13 +165,33 @@ export function varyValues(names: readonly string[] | undefined, headers: Incomi
   return out;
 }
 
-function storedHeaders(raw: readonly string[], length: number, status: number): string[] {
+/** The first value of header `name` in a flat list (case-insensitive). */
+function field(list: readonly string[], name: string): string | undefined {
+  for (let i = 0; i < list.length; i += 2) if (list[i].length === name.length && list[i].toLowerCase() === name) return list[i + 1];
+  return undefined;
+}
+
+/** max(Age, arrival − Date) of a response as it arrived, in seconds (RFC 9111 §4.2.3). */
+function initialAge(raw: readonly string[], receivedAt: number): number {
+  const date = Date.parse(field(raw, 'date') ?? '');
+  // In whole seconds, as the RFC's clock and Date's resolution are: a response dated this second is 0 s old.
+  const apparent = Number.isFinite(date) ? Math.max(0, Math.floor(receivedAt / 1000) - date / 1000) : 0;
+  const age = Number.parseInt(field(raw, 'age') ?? '', 10);
+  return Math.max(apparent, Number.isFinite(age) && age > 0 ? age : 0);
+}
+
+function connectionListed(raw: readonly string[]): Set<string> | undefined {
   let listed: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i].toLowerCase() !== 'connection') continue;
     listed ??= new Set();
     for (const token of raw[i + 1].split(',')) listed.add(token.trim().toLowerCase());
   }
+  return listed;
+}
+
+function storedHeaders(raw: readonly string[], length: number, status: number): string[] {
+  const listed = connectionListed(raw);
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const n = raw[i].toLowerCase();
@@ -155,8 +205,4 @@ function storedHeaders(raw: readonly string[], length: number, status: number): 
 
 function weak(tag: string): string {
   return tag.startsWith('W/') ? tag.slice(2) : tag;
-}
-
-function str(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v[0] : v;
 }

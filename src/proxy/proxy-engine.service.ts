@@ -36,7 +36,7 @@ import { MetricsService, type RetryReason } from '../metrics/metrics.service.js'
 import type { Route } from '../routing/route.js';
 import { applyResponseOps } from '../routing/route.js';
 import type { CacheTransaction } from '../cache/cache-transaction.js';
-import type { StoredResponse } from '../cache/stored-response.js';
+import { NOT_MODIFIED_FIELDS, type StoredResponse } from '../cache/stored-response.js';
 import { buildResponseHeaders, VIA_11 } from './hop-headers.js';
 import {
   classifyUpstreamError,
@@ -193,6 +193,23 @@ export class ProxyEngine {
     }
   }
 
+  /**
+   * A request that waited for another request's fill and whose client left meanwhile: it never
+   * reached the engine, but is counted (499) and logged like any other.
+   */
+  recordClientGone(req: IncomingMessage, requestId: string, target: string, startedAt: number, cache: CacheTransaction): void {
+    const durationMs = performance.now() - startedAt;
+    this.logger.debug(`${req.method} ${target}: client closed the connection while waiting for the cache (499) [request ${requestId}]`);
+    if (this.metrics !== undefined) {
+      this.metrics.recordRequest(undefined, req.method, 499, durationMs / 1000);
+      this.metrics.recordCache(cache.result);
+    }
+    this.accessLog?.write({
+      req, target, requestId, status: 499, durationMs, bytesIn: 0, bytesOut: 0, backend: undefined, attempts: 0,
+      connectMs: -1, headerMs: -1, termination: CLIENT_CLOSED, error: undefined, responseHeaders: undefined, cache: cache.result,
+    });
+  }
+
   /** Answers from the cache: `cache.stored` (a hit, or a stale stand-in when no backend is available). */
   serveFromCache(req: IncomingMessage, res: ServerResponse, requestId: string, route: Route, target: string, cache: CacheTransaction): void {
     const ex = new Exchange(this, req, res, requestId, true, route, target);
@@ -213,6 +230,8 @@ export class ProxyEngine {
     const notModified = stored.notModifiedFor(tx.ifNoneMatch, tx.ifModifiedSince);
     let headers = notModified ? stored.notModifiedHeaders() : stored.headers.slice();
     headers.push('age', String(Math.max(0, Math.floor(stored.age()))), 'via', VIA_11, 'x-request-id', ex.requestId, 'cache-status', tx.cacheStatus);
+    // A Set-Cookie the backend gave this client with its 304 (never stored).
+    if (tx.extraHeaders !== undefined) headers.push(...tx.extraHeaders);
     const status = notModified ? 304 : stored.status;
     try {
       headers = this.finishHeaders(ex, headers);
@@ -401,14 +420,22 @@ export class ProxyEngine {
     }
     const tx = ex.cache;
     if (tx !== undefined) {
-      const stored = tx.onResponse(pres);
-      if (stored !== undefined) {
-        // Answered from the cache: the backend confirmed the stored response (304), or failed
-        // and stale-if-error lets the stored one stand in.
+      const verdict = tx.onResponse(pres);
+      if (verdict !== undefined) {
         ex.upstream = undefined;
         this.release(ex);
         pres.resume();
-        this.respondFromCache(ex, tx, stored);
+        // The backend's 304 names other validators than ours: ask it again, for the full response.
+        if (verdict === 'refetch') {
+          delete ex.req.headers['if-none-match'];
+          delete ex.req.headers['if-modified-since'];
+          if (backend !== undefined) this.attempt(ex, backend);
+          else writeError(res, 'proxy_internal_error', ex.requestId);
+          return;
+        }
+        // Answered from the cache: the backend confirmed the stored response (304), or failed
+        // and stale-if-error lets the stored one stand in.
+        this.respondFromCache(ex, tx, verdict);
         return;
       }
     }
@@ -416,7 +443,11 @@ export class ProxyEngine {
     ex.replay = undefined;
     try {
       let headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
-      if (tx !== undefined) headers.push('cache-status', tx.cacheStatus);
+      if (tx !== undefined && !tx.quiet) {
+        headers.push('cache-status', tx.cacheStatus);
+        // The client's own conditionals, taken off the request so the answer could be stored, match it.
+        if (tx.notModifiedToClient) return this.notModifiedFromResponse(ex, tx, pres, headers);
+      }
       headers = this.finishHeaders(ex, headers);
       const route = ex.route;
       if (route.pool.sticky !== undefined && backend !== undefined) {
@@ -447,6 +478,32 @@ export class ProxyEngine {
       pres.pipe(res, { end: false });
       pres.once('end', forwardResponseTrailers);
     }
+  }
+
+  /**
+   * Answers 304 to a client whose conditionals match the backend's full response (which is
+   * still read to its end when the cache stores it, and drained otherwise).
+   */
+  private notModifiedFromResponse(ex: Exchange, tx: CacheTransaction, pres: IncomingMessage, built: string[]): void {
+    const res = ex.res;
+    let headers: string[] = [];
+    for (let i = 0; i < built.length; i += 2) {
+      const n = built[i].toLowerCase();
+      if (NOT_MODIFIED_FIELDS.has(n) || n === 'via' || n === 'x-request-id' || n === 'cache-status' || n === 'set-cookie') headers.push(built[i], built[i + 1]);
+    }
+    headers = this.finishHeaders(ex, headers);
+    (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
+    pres.on('error', onUpstreamBodyError);
+    if (tx.storing) tx.capture(pres);
+    pres.resume();
+    try {
+      if (ex.req.httpVersionMajor === 2) res.writeHead(304, forHttp2(headers));
+      else res.writeHead(304, 'Not Modified', headers);
+    } catch {
+      res.destroy();
+      return;
+    }
+    res.end();
   }
 
   /** @internal a chunked upload passed proxy.maxBodySize: stop it, answer 413 if still possible. */
@@ -506,7 +563,7 @@ export class ProxyEngine {
     if (this.metrics !== undefined) {
       if (error !== undefined) this.metrics.recordError(error);
       this.metrics.recordRequest(ex.lastBackend, ex.req.method, status, durationMs / 1000);
-      if (ex.cache !== undefined) this.metrics.recordCache(ex.cache.result);
+      if (ex.cache !== undefined && !ex.cache.quiet) this.metrics.recordCache(ex.cache.result);
     }
     if (this.accessLog === undefined) return;
     const req = ex.req;
@@ -526,7 +583,7 @@ export class ProxyEngine {
       termination: ex.termination ?? (status === 499 ? CLIENT_CLOSED : undefined),
       error,
       responseHeaders: ex.responseHeaders,
-      cache: ex.cache?.result,
+      cache: ex.cache?.quiet === false ? ex.cache.result : undefined,
     });
   }
 

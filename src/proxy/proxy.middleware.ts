@@ -114,26 +114,55 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
   }
 
   /**
+   * Another request is filling this URL: go on when it is stored (or not), then look again. The
+   * wait counts as in flight (shutdown waits for it), and a client that leaves meanwhile is
+   * counted and logged as 499.
+   */
+  private waitForFill(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string, tx: CacheTransaction): void {
+    const startedAt = performance.now();
+    const engine = this.engine;
+    let waiting = true;
+    engine.inFlight++;
+    const onGone = (): void => {
+      if (!waiting) return;
+      waiting = false;
+      engine.inFlight--;
+      engine.recordClientGone(req, requestId, target, startedAt, tx);
+    };
+    res.once('close', onGone);
+    this.cache.wait(tx, (failed) => {
+      if (!waiting) return;
+      waiting = false;
+      engine.inFlight--;
+      res.removeListener('close', onGone);
+      try {
+        this.dispatch(req, res, route, requestId, target, false, failed);
+      } catch {
+        // A bug, not an outcome: this request fails, the others waiting go on, the process stays up.
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
+        res.end('500 Internal Server Error: proxy_internal_error\n');
+      }
+    });
+  }
+
+  /**
    * The cache (on routes that have it), backend choice, the route's request changes, and
    * forwarding. `collapse` is false once the request has waited for another request's fill.
    */
-  private dispatch(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string, collapse = true): void {
+  private dispatch(req: IncomingMessage, res: ServerResponse, route: Route, requestId: string, target: string, collapse = true, afterFailure = false): void {
     let tx: CacheTransaction | undefined;
     if (route.cache) {
-      tx = this.cache.lookup(req, route, target, collapse);
+      tx = this.cache.lookup(req, route, target, collapse, afterFailure);
       const outcome = tx.outcome;
       if (outcome === 'hit') return this.engine.serveFromCache(req, res, requestId, route, target, tx);
-      if (outcome === 'wait') {
-        // Another request is filling this key: go on when it is stored (or not), then look again.
-        return this.cache.wait(tx, () => {
-          if (!res.destroyed && !req.socket.destroyed) this.dispatch(req, res, route, requestId, target, false);
-        });
-      }
+      if (outcome === 'wait') return this.waitForFill(req, res, route, requestId, target, tx);
       if (outcome === 'only-if-cached') {
         this.cache.count(tx);
         return this.engine.reject(req, res, 'only_if_cached', requestId);
       }
     }
+    // Unsafe requests invalidate what other routes stored for the URL.
+    else if (req.method !== 'GET') tx = this.cache.forUnsafe(req, route, target);
     const backend = this.lb.pick(route.pool, req);
     if (backend === undefined) {
       if (tx !== undefined) {
