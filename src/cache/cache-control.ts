@@ -28,18 +28,34 @@ export interface ResponseDirectives {
   readonly staleIfError: number;
 }
 
-/** Splits a Cache-Control value into lowercased directive names and their (unquoted) values. */
-export function parseDirectives(value: string | string[] | undefined): Map<string, string> {
+/** A directive: a token, optionally `=` and a token or a quoted string, no whitespace around `=` (RFC 9111 §5.2). */
+const DIRECTIVE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:=("(?:[^"\\]|\\.)*"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))?$/;
+
+/**
+ * Splits a Cache-Control value into lowercased directive names and their values (unquoted, or
+ * as written when `raw`). Commas inside quoted strings do not split; malformed directives are
+ * left out; of a repeated directive the first is kept (RFC 9111 §4.2.1 calls repeats invalid;
+ * the first is the stricter reading in practice, and what nginx uses).
+ */
+export function parseDirectives(value: string | string[] | undefined, raw = false): Map<string, string> {
   const out = new Map<string, string>();
   if (value === undefined) return out;
   const text = Array.isArray(value) ? value.join(',') : value;
-  for (const part of text.split(',')) {
-    const eq = part.indexOf('=');
-    const name = (eq < 0 ? part : part.slice(0, eq)).trim().toLowerCase();
-    if (name === '') continue;
-    let arg = eq < 0 ? '' : part.slice(eq + 1).trim();
-    if (arg.length >= 2 && arg.startsWith('"') && arg.endsWith('"')) arg = arg.slice(1, -1);
-    // RFC 9111 §4.2.1: a directive given twice is invalid; the stricter (first) reading is kept.
+  let start = 0;
+  let quoted = false;
+  for (let i = 0; i <= text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (i < text.length) {
+      if (c === 34 /* " */) quoted = !quoted;
+      else if (c === 92 /* \ */ && quoted) i++;
+      if (quoted || c !== 44 /* , */) continue;
+    }
+    const m = DIRECTIVE.exec(text.slice(start, i).trim());
+    start = i + 1;
+    if (m === null) continue;
+    const name = m[1].toLowerCase();
+    let arg = m[2] ?? '';
+    if (!raw && arg.startsWith('"')) arg = arg.slice(1, -1).replace(/\\(.)/g, '$1');
     if (!out.has(name)) out.set(name, arg);
   }
   return out;

@@ -7,6 +7,7 @@
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import CachePolicy from 'http-cache-semantics';
 import { usableOnError } from './freshness.js';
+import { cacheView } from './response-view.js';
 import { notModified, sameEtag, StoredResponse, varyNames, varyValues } from './stored-response.js';
 
 /** How the cache took part in a request (label of cache_requests_total, field `cache` of the access log). */
@@ -31,6 +32,8 @@ export class Pending {
 export interface CacheHost {
   readonly maxObjectSize: number;
   readonly heuristic: number;
+  /** cache.staleIfError in seconds: how long past freshness a stored response may stand in for a failing backend. */
+  readonly graceS: number;
   /** Stores `entry` unless a purge or an invalidation of its key came after `tx` started. */
   commit(entry: StoredResponse, tx: CacheTransaction): void;
   /** The fill (or revalidation) of `pending` is over: waiting requests go on. */
@@ -146,10 +149,10 @@ export class CacheTransaction {
           this.cacheStatus += '; detail=validator-mismatch';
           return 'refetch';
         }
-        const withValidators: Record<string, string | string[] | undefined> = { ...h };
-        withValidators.etag ??= stored.etag;
-        withValidators['last-modified'] ??= stored.lastModified;
-        const { policy } = stored.policy.revalidatedPolicy(request, { status, headers: withValidators as Record<string, string> });
+        const view = cacheView(h, pres.rawHeaders);
+        if (stored.etag !== undefined) view.etag ??= stored.etag;
+        if (stored.lastModified !== undefined) view['last-modified'] ??= stored.lastModified;
+        const { policy } = stored.policy.revalidatedPolicy(request, { status, headers: view as Record<string, string> });
         const cookies = h['set-cookie'];
         if (cookies !== undefined) this.extraHeaders = cookies.flatMap((c) => ['set-cookie', c]);
         stored.revalidated(policy, pres.rawHeaders, Date.now());
@@ -159,7 +162,7 @@ export class CacheTransaction {
         this.done();
         return stored;
       }
-      if (isErrorStatus(status) && usableOnError(stored, stored.age())) return this.standIn(`; fwd-status=${status}`);
+      if (isErrorStatus(status) && usableOnError(stored, stored.age(), this.cache.graceS)) return this.standIn(`; fwd-status=${status}`);
     }
     this.cacheStatus += `; fwd-status=${status}`;
     this.notModifiedToClient = notModified(status, str(h.etag), str(h['last-modified']), this.ifNoneMatch, this.ifModifiedSince);
@@ -214,7 +217,7 @@ export class CacheTransaction {
   /** The request failed before a response (no backend, refused, reset, timeout). Returns a stale stand-in, if allowed. */
   onError(): StoredResponse | undefined {
     const stored = this.stored;
-    if (stored !== undefined && !this.invalidate && usableOnError(stored, stored.age())) return this.standIn('');
+    if (stored !== undefined && !this.invalidate && usableOnError(stored, stored.age(), this.cache.graceS)) return this.standIn('');
     this.done();
     return undefined;
   }
@@ -287,12 +290,13 @@ export class CacheTransaction {
     const h = pres.headers;
     const status = pres.statusCode ?? 0;
     // immutableMinTimeToLive 0: http-cache-semantics would otherwise give `immutable` a day of freshness over Expires.
-    const policy = new CachePolicy(request, { status, headers: h as Record<string, string> }, { shared: true, cacheHeuristic: this.cache.heuristic, immutableMinTimeToLive: 0 });
+    const view = cacheView(h, pres.rawHeaders) as Record<string, string>;
+    const policy = new CachePolicy(request, { status, headers: view }, { shared: true, cacheHeuristic: this.cache.heuristic, immutableMinTimeToLive: 0 });
     if (!policy.storable()) {
       const rh = request.headers;
       if (rh.authorization !== undefined || /no-store/i.test(rh['cache-control'] ?? '')) {
         // Would it be storable for a plain request? Then the request, not the response, is the reason.
-        const plain = new CachePolicy({ ...request, headers: { host: rh.host } }, { status, headers: h as Record<string, string> }, { shared: true });
+        const plain = new CachePolicy({ ...request, headers: { host: rh.host } }, { status, headers: view }, { shared: true });
         if (plain.storable()) return IGNORED;
       }
       return 'not-storable';
@@ -301,7 +305,7 @@ export class CacheTransaction {
     if (h['set-cookie'] !== undefined) return 'set-cookie';
     const vary = varyNames(h.vary);
     if (vary?.includes('*') === true) return 'vary-star';
-    if (h['content-range'] !== undefined || h.trailer !== undefined) return 'not-storable';
+    if (h.trailer !== undefined) return 'not-storable';
     const cl = h['content-length'];
     if (cl !== undefined && !(Number(cl) <= this.cache.maxObjectSize)) return 'too-large';
     // Useless to keep: no freshness, no stale windows, and nothing to revalidate with.

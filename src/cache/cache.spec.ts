@@ -5,6 +5,7 @@ import { parseDirectives, requestDirectives, responseDirectives } from './cache-
 import { CacheStore, type RemovalReason } from './cache-store.js';
 import { usability, usableOnError, worthKeeping } from './freshness.js';
 import { keyOfUrl } from './response-cache.service.js';
+import { cacheView, normalizeCacheControl, parseAge, parseHttpDate } from './response-view.js';
 import { StoredResponse, varyNames, varyValues } from './stored-response.js';
 
 /** A stored response built the way the cache builds one; `age` (seconds) is what it arrived with. */
@@ -189,5 +190,40 @@ describe('cache keys', () => {
   it('are host (lowercased, port kept) and target', () => {
     assert.equal(keyOfUrl('http://Example.COM:8080/a/b?c=1'), 'example.com:8080/a/b?c=1');
     assert.equal(keyOfUrl('https://example.com'), 'example.com/');
+  });
+});
+
+describe('response view', () => {
+  it('parses the three HTTP-date forms strictly', () => {
+    const t = Date.UTC(1994, 10, 6, 8, 49, 37);
+    assert.equal(parseHttpDate('Sun, 06 Nov 1994 08:49:37 GMT'), t);
+    assert.equal(parseHttpDate('Sunday, 06-Nov-94 08:49:37 GMT'), t);
+    assert.equal(parseHttpDate('Sun Nov  6 08:49:37 1994'), t);
+    assert.equal(parseHttpDate('Wednesday, 01-Jan-70 00:00:00 GMT', Date.UTC(2026, 0, 1)), Date.UTC(2070, 0, 1), 'within 50 years ahead: this century');
+    assert.equal(parseHttpDate('Friday, 01-Jan-99 00:00:00 GMT', Date.UTC(2026, 0, 1)), Date.UTC(1999, 0, 1), 'more than 50 years ahead: the last century');
+    for (const bad of ['Sun, 06 Nov 1994 08:49:37', 'Sun, 06 Nov 1994 08:49:37 UTC', 'Sun, 06-Nov-1994 08:49:37 GMT', 'Sun,  06 Nov 1994 08:49:37 GMT', 'Sun, 06 Nov 1994 8:49:37 GMT', 'Sun 06 Nov 1994 08:49:37 GMT', 'Thu, 31 Apr 2026 00:00:00 GMT', '0', '']) {
+      assert.equal(parseHttpDate(bad), undefined, bad);
+    }
+  });
+
+  it('reads Age as delta-seconds only', () => {
+    assert.equal(parseAge('7200'), 7200);
+    assert.equal(parseAge('7200.0'), undefined);
+    assert.equal(parseAge('-1'), undefined);
+  });
+
+  it('normalizes Cache-Control: lowercase names, first of a repeat, no malformed directives, commas inside quotes kept', () => {
+    assert.equal(normalizeCacheControl('No-CaChE, MaX-AgE=60, max-age=0'), 'no-cache, max-age=60');
+    assert.equal(normalizeCacheControl('max-age =3600, public'), 'public');
+    assert.equal(normalizeCacheControl('private="a, b", max-age=5'), 'private="a, b", max-age=5');
+  });
+
+  it('gives http-cache-semantics an expired Expires for an invalid or repeated one, and CDN-Cache-Control over Cache-Control', () => {
+    assert.equal(cacheView({ expires: 'Thu, 01 Dec 2094 16:00:00' }, ['Expires', 'Thu, 01 Dec 2094 16:00:00']).expires, 'invalid');
+    assert.equal(cacheView({ expires: 'Thu, 01 Dec 2094 16:00:00 GMT' }, ['Expires', 'Thu, 01 Dec 2094 16:00:00 GMT', 'Expires', 'Thu, 01 Dec 2094 16:00:00 GMT']).expires, 'invalid');
+    const cdn = cacheView({ 'cache-control': 'max-age=60', expires: 'Thu, 01 Dec 2094 16:00:00 GMT', 'cdn-cache-control': 'no-store' }, []);
+    assert.equal(cdn['cache-control'], 'no-store');
+    assert.equal(cdn.expires, undefined);
+    assert.equal(cacheView({ age: '12.5' }, []).age, undefined);
   });
 });

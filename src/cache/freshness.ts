@@ -32,18 +32,21 @@ export function usability(stored: StoredResponse, d: RequestDirectives, age: num
   return 'revalidate-stale';
 }
 
-/** Whether a stale response may stand in when the backend fails (stale-if-error, RFC 5861 §4). */
-export function usableOnError(stored: StoredResponse, age: number): boolean {
+/**
+ * Whether a stale response may stand in when the backend fails: within its stale-if-error
+ * (RFC 5861 §4), or the cache's own `graceS` (cache.staleIfError), never when it must be revalidated.
+ */
+export function usableOnError(stored: StoredResponse, age: number, graceS = 0): boolean {
   if (stored.directives.mustRevalidate) return false;
-  return age - stored.lifetime < stored.directives.staleIfError;
+  return age - stored.lifetime < Math.max(stored.directives.staleIfError, graceS);
 }
 
 /**
  * Whether a stored response can still be of any use: fresh, within its stale windows, or
  * stale but revalidatable (it has a validator). Others are dropped when found.
  */
-export function worthKeeping(stored: StoredResponse, age: number): boolean {
+export function worthKeeping(stored: StoredResponse, age: number, graceS = 0): boolean {
   if (stored.etag !== undefined || stored.lastModified !== undefined) return true;
   const over = age - stored.lifetime;
-  return over < 0 || over < stored.directives.staleWhileRevalidate || over < stored.directives.staleIfError;
+  return over < 0 || over < stored.directives.staleWhileRevalidate || over < Math.max(stored.directives.staleIfError, graceS);
 }

@@ -39,6 +39,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
   readonly store: CacheStore;
   maxObjectSize: number;
   heuristic: number;
+  graceS: number;
   private lockTimeoutMs: number;
   private collapse: boolean;
   private readonly pending = new Map<string, Pending>();
@@ -61,6 +62,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
     const c = cfg.cache;
     this.maxObjectSize = c.maxObjectSize;
     this.heuristic = c.heuristic;
+    this.graceS = c.staleIfError / 1000;
     this.lockTimeoutMs = c.lockTimeout;
     this.collapse = c.collapse;
     this.metrics = metrics.enabled ? metrics : undefined;
@@ -72,6 +74,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
   configure(c: CacheConfig): void {
     this.maxObjectSize = c.maxObjectSize;
     this.heuristic = c.heuristic;
+    this.graceS = c.staleIfError / 1000;
     this.lockTimeoutMs = c.lockTimeout;
     this.collapse = c.collapse;
     this.store.resize(c.maxSize);
@@ -123,7 +126,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
     if (stored !== undefined) {
       const age = stored.age();
       const use = usability(stored, d, age);
-      if (use === 'fresh' || use === 'stale' || use === 'stale-while-revalidate' || (afterFailure && usableOnError(stored, age))) {
+      if (use === 'fresh' || use === 'stale' || use === 'stale-while-revalidate' || (afterFailure && usableOnError(stored, age, this.graceS))) {
         const ttl = Math.round(stored.lifetime - age);
         const tx = new CacheTransaction(this, key, waited ? `${PREFIX}; fwd=uri-miss; collapsed` : `${PREFIX}; hit; ttl=${ttl}`, waited ? 'collapsed' : use === 'fresh' ? 'hit' : 'stale');
         if (use === 'stale-while-revalidate') {
@@ -140,7 +143,7 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
         tx.ifModifiedSince = str(headers['if-modified-since']);
         return tx;
       }
-      if (!worthKeeping(stored, age)) {
+      if (!worthKeeping(stored, age, this.graceS)) {
         this.store.remove(stored, 'expired');
         stored = undefined;
       } else fwd = use === 'revalidate-request' ? 'request' : 'stale';

@@ -5,6 +5,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type CachePolicy from 'http-cache-semantics';
 import { responseDirectives, type ResponseDirectives } from './cache-control.js';
+import { parseAge, parseHttpDate } from './response-view.js';
 
 /** What a stored response costs besides its body and headers (objects, map slots). */
 const ENTRY_OVERHEAD = 256;
@@ -18,7 +19,7 @@ const NOT_STORED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te'
  * Not taken from a 304 into the stored headers: those that describe the stored body (RFC 9111
  * §3.2), and Set-Cookie, which belongs to the one client whose request was revalidated.
  */
-const NOT_UPDATED = new Set([...NOT_STORED, 'content-encoding', 'content-range', 'content-type', 'set-cookie', 'set-cookie2']);
+const NOT_UPDATED = new Set([...NOT_STORED, 'content-encoding', 'content-range', 'content-type', 'set-cookie']);
 /** Sent with a 304 made from a stored response (RFC 9110 §15.4.5). */
 export const NOT_MODIFIED_FIELDS = new Set(['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified']);
 
@@ -132,9 +133,10 @@ export function notModified(status: number, etag: string | undefined, lastModifi
     return false;
   }
   if (ifModifiedSince !== undefined && lastModified !== undefined) {
-    const since = Date.parse(ifModifiedSince);
-    const modified = Date.parse(lastModified);
-    return Number.isFinite(since) && Number.isFinite(modified) && modified <= since;
+    // An If-Modified-Since that is not an HTTP-date is ignored (RFC 9110 §13.1.3).
+    const since = parseHttpDate(ifModifiedSince.trim());
+    const modified = parseHttpDate(lastModified.trim());
+    return since !== undefined && modified !== undefined && modified <= since;
   }
   return false;
 }
@@ -173,11 +175,10 @@ function field(list: readonly string[], name: string): string | undefined {
 
 /** max(Age, arrival − Date) of a response as it arrived, in seconds (RFC 9111 §4.2.3). */
 function initialAge(raw: readonly string[], receivedAt: number): number {
-  const date = Date.parse(field(raw, 'date') ?? '');
+  const date = parseHttpDate((field(raw, 'date') ?? '').trim());
   // In whole seconds, as the RFC's clock and Date's resolution are: a response dated this second is 0 s old.
-  const apparent = Number.isFinite(date) ? Math.max(0, Math.floor(receivedAt / 1000) - date / 1000) : 0;
-  const age = Number.parseInt(field(raw, 'age') ?? '', 10);
-  return Math.max(apparent, Number.isFinite(age) && age > 0 ? age : 0);
+  const apparent = date !== undefined ? Math.max(0, Math.floor(receivedAt / 1000) - date / 1000) : 0;
+  return Math.max(apparent, parseAge(field(raw, 'age')) ?? 0);
 }
 
 function connectionListed(raw: readonly string[]): Set<string> | undefined {

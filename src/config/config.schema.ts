@@ -419,6 +419,7 @@ export const configSchema = z
         maxObjectSize: byteSize.prefault('1MiB').describe('Largest response body stored; larger ones are streamed through uncached. Default 1MiB.'),
         collapse: z.boolean().prefault(true).describe('Concurrent misses for the same URL wait for one backend request instead of each sending their own. Default true.'),
         lockTimeout: duration({ max: 600_000 }).prefault('5s').describe('Longest a collapsed request waits for the first one\'s response; then it goes to a backend itself. Default 5s (nginx proxy_cache_lock_timeout).'),
+        staleIfError: duration({ max: 7 * 24 * 3_600_000 }).prefault(0).describe('Serve a stored response up to this long past its freshness when the backend fails (5xx, refused, reset, timeout, none available), as if it said stale-if-error (nginx proxy_cache_use_stale, Varnish grace); never one that must be revalidated. Default 0 (only what the response allows).'),
         heuristic: z.number().min(0).max(1).prefault(0.1).describe('Heuristic freshness (RFC 9111 §4.2.2) for responses without explicit expiry: this share of the time since Last-Modified; 0 = none. Default 0.1.'),
       })
       .refine((c) => c.maxObjectSize <= c.maxSize, { path: ['maxObjectSize'], message: 'must not be larger than cache.maxSize' })

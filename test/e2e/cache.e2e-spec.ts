@@ -116,6 +116,24 @@ describe('ResponseCache (e2e)', () => {
       assert.equal(origin.count('/expires-zero'), 2);
     });
 
+    it('reads freshness strictly: an invalid Expires is expired, Cache-Control names are case-insensitive, a fractional Age is no Age', async () => {
+      origin.on('/expires-invalid', { headers: { date: new Date().toUTCString(), expires: new Date(Date.now() + 3_600_000).toUTCString().replace(' GMT', '') }, body: 'x' });
+      origin.on('/no-cache-case', (req) => (req.headers['if-none-match'] ? { status: 304, headers: { etag: '"n"' } } : { headers: { etag: '"n"', 'cache-control': 'max-age=10000, No-CaChE' }, body: 'n' }));
+      origin.on('/age-float', { headers: { date: new Date().toUTCString(), 'cache-control': 'max-age=3600', age: '7200.0' }, body: 'a' });
+      for (const p of ['/expires-invalid', '/no-cache-case', '/age-float']) await get(p);
+      assert.match(status(await get('/expires-invalid')), /fwd=uri-miss|fwd=stale/);
+      assert.equal(status(await get('/no-cache-case')), 'Proxymity; fwd=stale; fwd-status=304');
+      assert.match(status(await get('/age-float')), /hit/);
+    });
+
+    it('follows CDN-Cache-Control (RFC 9213) over Cache-Control', async () => {
+      origin.on('/cdn-longer', { headers: { 'cache-control': 'no-store', 'cdn-cache-control': 'max-age=60' }, body: 'c' });
+      origin.on('/cdn-no-store', { headers: { 'cache-control': 'max-age=60', 'cdn-cache-control': 'no-store' }, body: 'c' });
+      for (const p of ['/cdn-longer', '/cdn-longer', '/cdn-no-store', '/cdn-no-store']) await get(p);
+      assert.equal(origin.count('/cdn-longer'), 1);
+      assert.equal(origin.count('/cdn-no-store'), 2);
+    });
+
     it('uses heuristic freshness from Last-Modified only for heuristically cacheable statuses', async () => {
       origin.on('/heuristic', { headers: { date: new Date().toUTCString(), 'last-modified': HTTP_DATE_PAST(10 * 86400) }, body: 'old' });
       origin.on('/heuristic-302', { status: 302, headers: { location: '/elsewhere', date: new Date().toUTCString(), 'last-modified': HTTP_DATE_PAST(10 * 86400) }, body: '' });
@@ -702,5 +720,30 @@ listeners:
     } finally {
       client.close();
     }
+  });
+});
+
+describe('ResponseCache with cache.staleIfError (e2e)', () => {
+  let origin: ScriptedOrigin;
+  let sut: RunningProxymity;
+  before(async () => {
+    origin = await new ScriptedOrigin().listen();
+    sut = await start(origin, '  staleIfError: 10m');
+  });
+  after(async () => {
+    await sut.close();
+    await origin.close();
+  });
+
+  it('serves stale for a failing backend within cache.staleIfError, unless the response must be revalidated', async () => {
+    origin.on('/grace', (_req, n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1' }, body: 'graced' } : { status: 502, body: 'bad' }));
+    origin.on('/strict', (_req, n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1, must-revalidate' }, body: 'strict' } : { status: 502, body: 'bad' }));
+    await request(`${sut.url}/grace`);
+    await request(`${sut.url}/strict`);
+    const graced = await pollUntil(() => request(`${sut.url}/grace`), (r) => status(r).includes('stale-if-error'), { what: 'the grace' });
+    assert.equal(graced.status, 200);
+    assert.equal(graced.body, 'graced');
+    const strict = await pollUntil(() => request(`${sut.url}/strict`), (r) => r.status !== 200, { what: 'the 502' });
+    assert.equal(strict.status, 502);
   });
 });
