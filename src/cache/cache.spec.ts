@@ -5,7 +5,7 @@ import { parseDirectives, requestDirectives, responseDirectives } from './cache-
 import { CacheStore, type RemovalReason } from './cache-store.js';
 import { usability, usableOnError, worthKeeping } from './freshness.js';
 import { keyOfUrl } from './response-cache.service.js';
-import { cacheView, normalizeCacheControl, parseAge, parseHttpDate } from './response-view.js';
+import { cacheView, cdnCacheControl, normalizeCacheControl, parseAge, parseHttpDate } from './response-view.js';
 import { StoredResponse, varyNames, varyValues } from './stored-response.js';
 
 /** A stored response built the way the cache builds one; `age` (seconds) is what it arrived with. */
@@ -210,6 +210,16 @@ describe('response view', () => {
     assert.equal(parseAge('7200'), 7200);
     assert.equal(parseAge('7200.0'), undefined);
     assert.equal(parseAge('-1'), undefined);
+    assert.equal(parseAge('7200, 0'), 7200, 'of a list, the first member');
+  });
+
+  it('reads CDN-Cache-Control as a Structured Field Dictionary, and ignores an invalid one', () => {
+    assert.equal(cdnCacheControl('max-age=60, stale-if-error=30'), 'max-age=60, stale-if-error=30');
+    assert.equal(cdnCacheControl('no-store'), 'no-store');
+    assert.equal(cdnCacheControl('private=?0, max-age=5'), 'max-age=5');
+    assert.equal(cdnCacheControl('max-age=10000, &&&&&'), undefined);
+    assert.equal(cdnCacheControl('max-age="10000"'), undefined, 'max-age must be an Integer');
+    assert.equal(cdnCacheControl('Max-Age=5'), undefined, 'keys are lowercase');
   });
 
   it('normalizes Cache-Control: lowercase names, first of a repeat, no malformed directives, commas inside quotes kept', () => {

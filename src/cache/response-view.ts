@@ -40,9 +40,38 @@ export function parseHttpDate(value: string, now = Date.now()): number | undefin
   return new Date(t).getUTCDate() === d ? t : undefined;
 }
 
-/** A valid delta-seconds Age, or undefined. */
+/** A valid delta-seconds Age (of a list, the first member: RFC 9111 §5.1), or undefined. */
 export function parseAge(value: string | undefined): number | undefined {
-  return value !== undefined && DELTA_SECONDS.test(value.trim()) ? Number(value.trim()) : undefined;
+  if (value === undefined) return undefined;
+  const first = value.split(',')[0].trim();
+  return DELTA_SECONDS.test(first) ? Number(first) : undefined;
+}
+
+/** One member of a Structured Field Dictionary (RFC 8941 §3.2): key, then `=` and a bare item with parameters, or parameters only. */
+const SF_MEMBER = /^([a-z*][a-z0-9_.*-]*)(?:=(-?\d{1,15}(?:\.\d{1,3})?|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"|[A-Za-z*][!#$%&'*+.^_`|~0-9A-Za-z:/-]*|:[A-Za-z0-9+/=]*:|\?[01]))?((?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:-?\d{1,15}(?:\.\d{1,3})?|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"|[A-Za-z*][!#$%&'*+.^_`|~0-9A-Za-z:/-]*|:[A-Za-z0-9+/=]*:|\?[01]))?)*)$/;
+/** CDN-Cache-Control directives whose value must be an Integer (RFC 9213 §2.1). */
+const SF_INTEGER_DIRECTIVES = new Set(['max-age', 's-maxage', 'stale-while-revalidate', 'stale-if-error']);
+
+/**
+ * A CDN-Cache-Control value as a Cache-Control string, or undefined when it is not a valid
+ * Structured Field Dictionary or a known directive has the wrong type (the field is then
+ * ignored, RFC 9213 §2.1).
+ */
+export function cdnCacheControl(value: string): string | undefined {
+  const out: string[] = [];
+  const seen = new Set<string>();
+  for (const raw of value.split(',')) {
+    const m = SF_MEMBER.exec(raw.trim());
+    if (m === null) return undefined;
+    const [, key, item] = m;
+    if (SF_INTEGER_DIRECTIVES.has(key) && (item === undefined || !/^\d+$/.test(item))) return undefined;
+    // A repeated key: the last one wins in a Dictionary.
+    if (seen.has(key)) out.splice(out.findIndex((d) => d === key || d.startsWith(`${key}=`)), 1);
+    seen.add(key);
+    out.push(item === undefined || item === '?1' ? key : item === '?0' ? '' : `${key}=${item}`);
+  }
+  const directives = out.filter(Boolean);
+  return directives.length === 0 ? undefined : directives.join(', ');
 }
 
 /** A Cache-Control value rewritten with lowercased names, first occurrences only, malformed directives left out. */
@@ -60,8 +89,8 @@ export function cacheView(headers: IncomingHttpHeaders, rawHeaders: readonly str
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(headers)) if (v !== undefined) out[k] = v;
   const cdn = headers['cdn-cache-control'];
-  const cdnCc = typeof cdn === 'string' ? normalizeCacheControl(cdn) : undefined;
-  if (cdnCc !== undefined && cdnCc !== '') {
+  const cdnCc = typeof cdn === 'string' ? cdnCacheControl(cdn) : undefined;
+  if (cdnCc !== undefined) {
     out['cache-control'] = cdnCc;
     delete out.expires;
     delete out.pragma;
