@@ -13,7 +13,7 @@ import { parseConfig } from '../../src/config/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { ScriptedOrigin } from '../fixtures/scripted-origin.js';
 import { makeTestCa } from '../helpers/certs.js';
-import { request, type TestResponse } from '../helpers/http-client.js';
+import { h2Request, request, type TestResponse } from '../helpers/http-client.js';
 import { delta, sample, scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
 import { withAdminPortZero } from '../helpers/processes.js';
@@ -692,17 +692,7 @@ listeners:
     origin.on('/h2', { headers: { 'cache-control': 'max-age=60', etag: '"h2"', 'content-type': 'text/plain' }, body: 'over h2' });
     const client = http2.connect(sut.listeners.tls, { ca: readFileSync(ca.caCert), servername: 'h2.test' });
     client.on('error', () => undefined); // reported through the requests
-    const get = (headers: http2.OutgoingHttpHeaders = {}) =>
-      new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
-        const req = client.request({ ':path': '/h2', ':authority': 'h2.test', ...headers });
-        let h: http2.IncomingHttpHeaders = {};
-        let body = '';
-        req.on('response', (x) => (h = x));
-        req.on('data', (c) => (body += c));
-        req.on('end', () => resolve({ headers: h, body }));
-        req.on('error', reject);
-        req.end();
-      });
+    const get = (headers: http2.OutgoingHttpHeaders = {}) => h2Request(client, { ':path': '/h2', ':authority': 'h2.test', ...headers });
     try {
       const first = await get();
       assert.equal(first.headers[':status'], 200);

@@ -33,3 +33,17 @@ export function request(url: string, opts: TestRequest = {}): Promise<TestRespon
     req.end(opts.body);
   });
 }
+
+/** One HTTP/2 request on an open session; resolves with the response headers and the whole body as text. */
+export function h2Request(client: import('node:http2').ClientHttp2Session, headers: import('node:http2').OutgoingHttpHeaders): Promise<{ headers: import('node:http2').IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = client.request(headers);
+    let h: import('node:http2').IncomingHttpHeaders = {};
+    let body = '';
+    req.on('response', (x) => (h = x));
+    req.on('data', (c) => (body += c));
+    req.on('end', () => resolve({ headers: h, body }));
+    req.on('error', reject);
+    req.end();
+  });
+}
