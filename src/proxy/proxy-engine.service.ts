@@ -764,7 +764,7 @@ function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
   else ex.engine.onUpstreamError(ex, err);
 }
 
-/** Fired by the socket timeouts the backend's agent sets (connect, then idle). */
+/** Fired by the backend agent's socket timer on the request's socket: connect, then read (see upstream-agent.ts). */
 function onUpstreamTimeout(this: ClientRequest): void {
   const connecting = this.socket?.connecting === true;
   const inBody = (this as { res?: IncomingMessage | null }).res != null;

@@ -3,9 +3,12 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
+import type { RunningProxymity } from '../../src/proxymity.js';
+import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
+import { startStalledListener, type StalledListener } from '../fixtures/stalled-listener.js';
 import { request } from '../helpers/http-client.js';
-import { proxyFixture } from '../helpers/proxy.js';
+import { proxyFixture, startProxy } from '../helpers/proxy.js';
 
 function download(url: string): Promise<{ status: number; outcome: string; body: string }> {
   return new Promise((resolve) => {
@@ -54,5 +57,34 @@ describe('upstream timeouts', () => {
     const res = await download(`${fx.sut.url}/drip/20/150`);
     assert.equal(res.outcome, 'cut');
     assert.ok(Date.now() - t0 < 2500, 'cut at the total timeout, not at the end of the body');
+  });
+});
+
+describe('upstream connect timeout', () => {
+  let stalled: StalledListener;
+  let backends: DummyBackend[];
+  let sut: RunningProxymity;
+  let pair: RunningProxymity;
+  before(async () => {
+    stalled = await startStalledListener();
+    backends = await startBackends(1);
+    sut = await startProxy([stalled.url], 'healthCheck: {interval: 1h}\nupstream: {connectTimeout: 300ms, timeout: 60s}');
+    pair = await startProxy([stalled.url, backends[0]!.url], 'healthCheck: {interval: 1h}\nupstream: {connectTimeout: 300ms, timeout: 60s}');
+  });
+  after(async () => {
+    await sut.close();
+    await pair.close();
+    await closeAll(backends);
+    await stalled.close();
+  });
+
+  it('answers 504 connection_timeout when the backend never accepts the connection', async () => {
+    const res = await request(`${sut.url}/`);
+    assert.equal(res.status, 504);
+    assert.equal(res.headers['proxy-status'], 'proxymity; error=connection_timeout');
+  });
+
+  it('sends a request whose connect timed out to another backend', async () => {
+    for (let i = 0; i < 4; i++) assert.equal((await request(`${pair.url}/`)).status, 200, `request ${i + 1}`);
   });
 });

@@ -1,0 +1,135 @@
+/**
+ * The backend agents' three socket timeouts (connect, read, idle in the pool) and keep-alive
+ * reuse, against real servers on loopback.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { startStalledListener, type StalledListener } from '../../test/fixtures/stalled-listener.js';
+import { pollUntil } from '../../test/helpers/poll-until.js';
+import { createUpstreamAgent, type UpstreamAgentOptions } from './upstream-agent.js';
+
+// The read timeout is long, so a pooled connection that closes was closed by the idle sweep.
+const OPTS: UpstreamAgentOptions = { connectTimeoutMs: 300, readTimeoutMs: 60_000, idleTimeoutMs: 400, maxSockets: 8, maxFreeSockets: 8 };
+
+/** An origin that counts connections, holds `/silent` forever and can announce a Keep-Alive hint. */
+class Origin {
+  readonly server: http.Server;
+  readonly open = new Set<Socket>();
+  connections = 0;
+  hint: string | undefined;
+  constructor() {
+    this.server = http.createServer((req, res) => {
+      if (req.url === '/silent') return; // never answers
+      if (this.hint !== undefined) res.setHeader('keep-alive', this.hint);
+      res.end(String(req.socket.remotePort));
+    });
+    this.server.keepAliveTimeout = 60_000; // the origin would keep them: any close is the agent's
+    this.server.on('connection', (s: Socket) => {
+      this.connections++;
+      this.open.add(s);
+      s.on('close', () => this.open.delete(s));
+    });
+  }
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+}
+
+function get(agent: http.Agent, port: number, path = '/'): Promise<{ status: number; body: string; reused: boolean }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, reused: req.reusedSocket }));
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT', connecting: req.socket?.connecting, reused: req.reusedSocket })));
+    req.on('error', reject);
+  });
+}
+
+function freeCount(agent: http.Agent): number {
+  return Object.values(agent.freeSockets).reduce((n, l) => n + (l?.length ?? 0), 0);
+}
+
+describe('upstream agent', () => {
+  const origin = new Origin();
+  let stalled: StalledListener;
+  before(async () => {
+    await new Promise<void>((r) => origin.server.listen(0, '127.0.0.1', r));
+    stalled = await startStalledListener();
+  });
+  after(async () => {
+    origin.server.closeAllConnections();
+    await new Promise((r) => origin.server.close(r));
+    await stalled.close();
+  });
+
+  it('reuses one connection for requests in sequence and closes it after keepAliveTimeout idle', async () => {
+    const agent = createUpstreamAgent('http:', OPTS);
+    const before = origin.connections;
+    const a = await get(agent, origin.port);
+    const b = await get(agent, origin.port);
+    assert.equal(a.body, b.body, 'same client port: same connection');
+    assert.equal(b.reused, true);
+    assert.equal(origin.connections - before, 1);
+    await pollUntil(() => freeCount(agent), (n) => n === 0, { what: 'the idle connection to be closed', timeoutMs: 3000 });
+    await pollUntil(() => origin.open.size, (n) => n === 0, { what: 'the origin to see the close', timeoutMs: 3000 });
+    agent.destroy();
+  });
+
+  it('keeps a connection that is used more often than keepAliveTimeout', async () => {
+    const agent = createUpstreamAgent('http:', OPTS);
+    const first = await get(agent, origin.port);
+    for (let i = 0; i < 6; i++) {
+      await new Promise((r) => setTimeout(r, 150)); // 900 ms in all, each gap well under 400 ms
+      assert.equal((await get(agent, origin.port)).body, first.body, `request ${i + 2} on the first connection`);
+    }
+    agent.destroy();
+  });
+
+  it('honours the backend\'s Keep-Alive timeout hint, less a second', async () => {
+    const agent = createUpstreamAgent('http:', { ...OPTS, idleTimeoutMs: 60_000 });
+    try {
+      origin.hint = 'timeout=1';
+      const a = await get(agent, origin.port);
+      const b = await get(agent, origin.port);
+      assert.notEqual(a.body, b.body, 'timeout=1 leaves no safe idle time: the connection is not pooled');
+      origin.hint = 'timeout=2';
+      await get(agent, origin.port);
+      assert.equal(freeCount(agent), 1);
+      await pollUntil(() => freeCount(agent), (n) => n === 0, { what: 'the hinted idle limit (1 s) to close it, not the 60 s one', timeoutMs: 3000 });
+    } finally {
+      origin.hint = undefined;
+      agent.destroy();
+    }
+  });
+
+  it('times out a silent backend on a reused connection with the read timeout', async () => {
+    const agent = createUpstreamAgent('http:', { ...OPTS, readTimeoutMs: 300 });
+    await get(agent, origin.port);
+    const err = await get(agent, origin.port, '/silent').then(() => undefined, (e: { code: string; connecting: boolean; reused: boolean }) => e);
+    assert.deepEqual(err && { code: err.code, connecting: err.connecting, reused: err.reused }, { code: 'TIMEOUT', connecting: false, reused: true });
+    agent.destroy();
+  });
+
+  it('times out a connect that never completes with the connect timeout', async () => {
+    const agent = createUpstreamAgent('http:', OPTS);
+    const err = await get(agent, stalled.port).then(() => undefined, (e: { code: string; connecting: boolean }) => e);
+    assert.deepEqual(err && { code: err.code, connecting: err.connecting }, { code: 'TIMEOUT', connecting: true });
+    agent.destroy();
+  });
+
+  it('stops sweeping when its pool is empty and when it is destroyed', async () => {
+    const agent = createUpstreamAgent('http:', OPTS) as http.Agent & { sweeper?: NodeJS.Timeout };
+    assert.equal(agent.sweeper, undefined, 'no timer before a socket is pooled');
+    await get(agent, origin.port);
+    assert.notEqual(agent.sweeper, undefined);
+    await pollUntil(() => agent.sweeper, (t) => t === undefined, { what: 'the sweep to stop with the pool empty', timeoutMs: 3000 });
+    await get(agent, origin.port);
+    agent.destroy();
+    assert.equal(agent.sweeper, undefined);
+  });
+});
