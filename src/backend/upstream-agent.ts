@@ -59,6 +59,7 @@ function onSocketTimeout(this: PooledSocket): void {
 }
 
 function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
+  const plain = (Base as unknown) === http.Agent;
   return class PhasedAgent extends Base {
     readonly phase: UpstreamAgentOptions;
     /** Called with the connect time (ms) of every new connection (metrics set it; control plane). */
@@ -67,25 +68,28 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
     private sweeper: NodeJS.Timeout | undefined = undefined;
 
     constructor(...args: any[]) {
-      const opts = args[0] as UpstreamAgentOptions & https.AgentOptions;
+      const { connectTimeoutMs, readTimeoutMs, idleTimeoutMs, maxSockets, maxFreeSockets, ...tls } = args[0] as UpstreamAgentOptions & https.AgentOptions;
+      // Node copies the agent's options into every request's options (addRequest): only what
+      // the agent needs goes in; the rest has Node's defaults (LIFO scheduling, which keeps the
+      // hottest sockets busy and lets cold ones time out, as HAProxy does). The connect options
+      // are added in createConnection.
       super({
-        ...opts,
+        ...tls,
         keepAlive: true,
-        keepAliveMsecs: 1000,
-        maxSockets: opts.maxSockets,
-        maxFreeSockets: opts.maxFreeSockets,
-        maxTotalSockets: Infinity,
-        // LIFO keeps the hottest sockets busy and lets the cold ones time out (HAProxy does the same).
-        scheduling: 'lifo',
-        // Happy eyeballs: "localhost" works whether the backend listens on 127.0.0.1 or ::1.
-        autoSelectFamily: true,
-        lookup: upstreamLookup,
+        maxSockets,
+        maxFreeSockets,
+        // Plain HTTP has no SNI: '' spares Node parsing the Host header for it on every request.
+        ...(plain ? { servername: '' } : {}),
       } as http.AgentOptions);
+      const opts = { connectTimeoutMs, readTimeoutMs, idleTimeoutMs, maxSockets, maxFreeSockets };
       this.phase = opts;
       this.sweepEveryMs = Math.max(50, Math.min(1000, Math.floor(opts.idleTimeoutMs / 4)));
     }
 
     override createConnection(options: any, cb?: any): Socket {
+      // Happy eyeballs: "localhost" works whether the backend listens on 127.0.0.1 or ::1.
+      options.autoSelectFamily = true;
+      options.lookup = upstreamLookup;
       const socket = (super.createConnection as any)(options, cb) as Socket;
       if (socket) {
         socket.setTimeout(this.phase.connectTimeoutMs);
