@@ -50,6 +50,15 @@ type PooledSocket = Socket & {
 const KEEP_ALIVE_HINT_MARGIN_MS = 1000;
 const KEEP_ALIVE_HINT = /^\s*timeout\s*=\s*(\d+)/i;
 
+/** The response's Keep-Alive header, read from the raw pairs (`res.headers` would build every header). */
+function keepAliveHeader(raw: readonly string[] | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === 10 && raw[i].toLowerCase() === 'keep-alive') return raw[i + 1];
+  }
+  return undefined;
+}
+
 /** The socket's timer fired: give it to the request on the socket, if any (free sockets are the agent's). */
 function onSocketTimeout(this: PooledSocket): void {
   const req = this._httpMessage;
@@ -110,8 +119,8 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
     /** Called as a socket goes back to the pool; false closes it instead. No timers are touched. */
     override keepSocketAlive(socket: PooledSocket): boolean {
       let limit = this.phase.idleTimeoutMs;
-      const hint = socket._httpMessage?.res?.headers['keep-alive'];
-      if (typeof hint === 'string') {
+      const hint = keepAliveHeader(socket._httpMessage?.res?.rawHeaders);
+      if (hint !== undefined) {
         const m = KEEP_ALIVE_HINT.exec(hint);
         if (m !== null) {
           const hinted = Number(m[1]) * 1000 - KEEP_ALIVE_HINT_MARGIN_MS;

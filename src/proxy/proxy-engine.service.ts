@@ -37,7 +37,7 @@ import type { Route } from '../routing/route.js';
 import { applyResponseOps } from '../routing/route.js';
 import type { CacheTransaction } from '../cache/cache-transaction.js';
 import { NOT_MODIFIED_FIELDS, type StoredResponse } from '../cache/stored-response.js';
-import { buildResponseHeaders, VIA_11 } from './hop-headers.js';
+import { buildResponseHeaders, rawHeader, VIA_11 } from './hop-headers.js';
 import {
   classifyUpstreamError,
   CLIENT_CLOSED,
@@ -472,7 +472,7 @@ export class ProxyEngine {
     (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
     pres.on('error', onUpstreamBodyError);
     if (tx?.storing === true) tx.capture(pres);
-    if (pres.headers.trailer === undefined) pres.pipe(res);
+    if (rawHeader(pres.rawHeaders, 'trailer') === undefined) pres.pipe(res);
     else {
       // Announced trailers (gRPC-web status, checksums) are copied after the body.
       pres.pipe(res, { end: false });
