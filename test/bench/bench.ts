@@ -1,5 +1,8 @@
 /**
- * `npm run bench [-- --quick | --picks-only] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream] [--observability]`
+ * `npm run bench [-- --quick | --picks-only] [--rounds N] [--duration S] [--only proxymity,bare] [--scenarios small,16] [--no-stream] [--observability] [--paired-rounds N | --no-paired]`
+ *
+ * After the table, Proxymity and the bare script are loaded at the same time for the small and
+ * 16 KiB GETs (paired.bench.ts): the steady ratio on a machine whose speed drifts.
  *
  * --no-ws skips, and --ws-only runs only, the WebSocket comparison (messages/s direct vs
  * through Proxymity, test/bench/ws.bench.ts), which otherwise runs at the end.
@@ -28,6 +31,7 @@ import http from 'node:http';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pairedRun, renderPaired, type PairedResult } from './paired.bench.js';
 import { benchPicks, type PickResult } from './pick.bench.js';
 import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
 import { freePort, waitForPort } from '../helpers/ports.js';
@@ -90,6 +94,8 @@ interface Options {
   /** Run the WebSocket messages/s comparison (default: yes; --no-ws skips it, --ws-only runs only it). */
   ws: boolean;
   wsOnly: boolean;
+  /** Rounds of the paired Proxymity-and-bare comparison (0 = skip; --paired-rounds N, --no-paired). */
+  pairedRounds: number;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -113,6 +119,7 @@ function parseOptions(argv: string[]): Options {
     tls: argv.includes('--tls'),
     ws: !argv.includes('--no-ws'),
     wsOnly: argv.includes('--ws-only'),
+    pairedRounds: argv.includes('--no-paired') ? 0 : Number(val('--paired-rounds') ?? (quick ? 3 : 8)),
   };
 }
 
@@ -468,6 +475,16 @@ async function main(): Promise<void> {
       }
     }
 
+    const paired: PairedResult[] = [];
+    const px = targets.find((t) => t.name === 'proxymity');
+    const bare = targets.find((t) => t.name === 'bare http-proxy');
+    if (opts.pairedRounds > 0 && px?.pid !== undefined && bare?.pid !== undefined) {
+      for (const scenario of scenarios.filter((x) => x.name === 'small GET (3 B)' || x.name === '16 KiB GET')) {
+        paired.push(await pairedRun(px, bare, scenario, { rounds: opts.pairedRounds, durationS: opts.quick ? 1 : 3, connections: opts.connections, tmpDir: tmp }));
+      }
+      process.stdout.write('\n');
+    }
+
     const streams: StreamRow[] = [];
     for (const t of opts.noStream ? [] : targets.filter((x) => x.pid !== undefined)) {
       streams.push(await stream(t, 'upload', opts.streamMiB));
@@ -477,12 +494,12 @@ async function main(): Promise<void> {
     const picks = benchPicks(opts.quick ? 200 : 400);
     const h2 = opts.tls ? await runH2load(targets.find((t) => t.name === 'proxymity (https)'), opts) : undefined;
     const ws = opts.ws ? await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 }) : undefined;
-    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
+    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...renderPaired(paired, median), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
     console.log(md);
     const dir = join(ROOT, 'bench-results');
     mkdirSync(dir, { recursive: true });
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, streams, picks, websocket: ws }, null, 2));
+    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, paired, streams, picks, websocket: ws }, null, 2));
     writeFileSync(join(dir, `${stamp}.md`), md);
     console.log(`written: bench-results/${stamp}.json and .md`);
   } finally {
