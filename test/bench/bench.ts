@@ -22,7 +22,7 @@
  * origin, Proxymity (dist/main.js, default features on), the bare http-proxy script
  * (bare-http-proxy.ts) and nginx as a proxy (when installed). wrk drives the load (1 thread,
  * 64 connections); CPU and memory come from /proc. Prints one table and writes JSON and
- * markdown into bench-results/. Bounded in time: a full run takes about 5 minutes, --quick
+ * markdown into bench-results/. Bounded in time: a full run takes about 6.5 minutes, --quick
  * under 2.
  */
 import { spawn, spawnSync, type ChildProcess, execFileSync } from 'node:child_process';
