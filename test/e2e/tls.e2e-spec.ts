@@ -20,6 +20,7 @@ import { UpgradeProxy } from '../../src/proxy/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
 import { makeTestCa, type TestCa } from '../helpers/certs.js';
+import { h2Request } from '../helpers/http-client.js';
 import { sample, scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
 import { withAdminPortZero } from '../helpers/processes.js';
@@ -111,16 +112,7 @@ listeners:
     const client = http2.connect(`https://127.0.0.1:${port}`, { ca: readFileSync(ca.caCert), servername: 'a.test' });
     client.on('error', () => undefined); // reported through the request
     try {
-      const { headers, body } = await new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
-        const req = client.request({ ':path': '/h2?x=1', ':method': 'GET', ':authority': `a.test:${port}` });
-        let h: http2.IncomingHttpHeaders = {};
-        let body = '';
-        req.on('response', (x) => (h = x));
-        req.on('data', (c) => (body += c));
-        req.on('end', () => resolve({ headers: h, body }));
-        req.on('error', reject);
-        req.end();
-      });
+      const { headers, body } = await h2Request(client, { ':path': '/h2?x=1', ':method': 'GET', ':authority': `a.test:${port}` });
       assert.equal(headers[':status'], 200);
       assert.equal(headers.connection, undefined);
       assert.equal(headers['keep-alive'], undefined);
