@@ -4,6 +4,7 @@
  * fields are counters and health state; only BackendRegistry writes health.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import type { Agent } from 'node:http';
 import { createUpstreamAgent, type UpstreamAgentOptions } from './upstream-agent.js';
 
@@ -163,7 +164,7 @@ export class Backend {
     this.port = this.url.port ? Number(this.url.port) : this.protocol === 'https:' ? 443 : 80;
     this.basePath = this.url.pathname === '/' ? '' : this.url.pathname.replace(/\/$/, '');
     this.enabled = cfg.enabled;
-    this.tls = this.protocol === 'https:' ? readTls(cfg.tls) : undefined;
+    this.tls = this.protocol === 'https:' ? readTls(cfg.tls, this.hostname) : undefined;
     this.tlsSpec = cfg.tls;
     this.agent = createUpstreamAgent(this.protocol, agentOptions, this.tls);
     this.agentOptions = agentOptions;
@@ -207,9 +208,15 @@ export class Backend {
   }
 }
 
-function readTls(spec: BackendTlsSpec | undefined): BackendTls {
+/**
+ * The TLS options of an https backend. SNI and the certificate check use `servername`, by
+ * default the URL's host name; an IP address is sent no SNI (RFC 6066 allows only host names)
+ * and the certificate is checked against the address. Without this, Node would take the name
+ * from each request's Host header, the client's name for the proxy.
+ */
+function readTls(spec: BackendTlsSpec | undefined, hostname: string): BackendTls {
   return {
-    servername: spec?.servername,
+    servername: spec?.servername ?? (isIP(hostname) === 0 ? hostname : ''),
     ca: spec?.ca !== undefined ? readFileSync(spec.ca) : undefined,
     cert: spec?.clientCert !== undefined ? readFileSync(spec.clientCert) : undefined,
     key: spec?.clientKey !== undefined ? readFileSync(spec.clientKey) : undefined,

@@ -51,6 +51,30 @@ describe('HTTPS backends', () => {
     }
   });
 
+  it('sends the backend URL\'s host name as SNI by default, never the client\'s Host', async () => {
+    const { cert, key } = ca.issue('named', ['localhost']);
+    const named = https.createServer({ cert: readFileSync(cert), key: readFileSync(key) }, (req, res) => {
+      res.end(JSON.stringify({ servername: (req.socket as import('node:tls').TLSSocket).servername ?? null }));
+    });
+    await new Promise<void>((r) => named.listen(0, '127.0.0.1', () => r()));
+    const namedUrl = `https://localhost:${(named.address() as AddressInfo).port}`;
+    const px = await startProxymity(parseConfig(withAdminPortZero(`proxy: {host: 127.0.0.1, port: 0}\nbackend:\n  - name: named\n    url: "${namedUrl}"\n    tls: {ca: "${ca.caCert}"}\n  - name: ip\n    url: "${url}"\n    tls: {ca: "${ca.caCert}"}\nhealthCheck: {enabled: false}\n`), 'sni.yaml'), { logger: false });
+    try {
+      const seen = new Set<string>();
+      for (let i = 0; i < 4; i++) {
+        const res = await request(`${px.url}/sni`, { headers: { host: 'shop.example' } });
+        assert.equal(res.status, 200, res.body);
+        seen.add(String(res.json().servername));
+      }
+      // By name: SNI and the certificate check use "localhost"; by IP address: no SNI, and the
+      // certificate is checked against 127.0.0.1.
+      assert.deepEqual([...seen].sort(), ['false', 'localhost']); // Node reports "no SNI" as false
+    } finally {
+      await px.close();
+      await new Promise<void>((r) => named.close(() => r()));
+    }
+  });
+
   it('answers 502 tls_certificate_error for an unknown CA and for a wrong servername', async () => {
     for (const tls of [`{servername: backend.test}`, `{ca: "${ca.caCert}", servername: other.test}`]) {
       const px = await proxyTo(tls);
