@@ -146,7 +146,10 @@ export class RateLimitPolicy {
 export class RateLimitService implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger('RateLimit');
   private memory: MemoryGcraStore | undefined;
-  private readonly redis = new Map<string, { client: Redis; up: boolean; timeoutMs: number }>();
+  /** Redis clients by URL and command timeout (each client has one timeout). */
+  private readonly redis = new Map<string, RedisEntry>();
+  /** While `rebuild` compiles: the clients the new policies use. */
+  private compiling: Set<string> | undefined = undefined;
   private readonly lastDryRunLog = new Map<string, number>();
   private readonly inFlightByScope = new Map<string, Map<string, number>>();
 
@@ -155,8 +158,34 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
   /** Compiles a policy; `scope` names its buckets ("global", or a route's name). */
   policy(cfg: RateLimitConfig, scope: string): RateLimitPolicy {
     if (cfg.store === 'memory') this.memory ??= new MemoryGcraStore(cfg.maxKeys);
-    else if (cfg.redis !== undefined) this.client(cfg.redis.url, cfg.redis.timeout);
+    else if (cfg.redis !== undefined) {
+      this.client(cfg.redis.url, cfg.redis.timeout);
+      this.compiling?.add(clientKey(cfg.redis.url, cfg.redis.timeout));
+    }
     return new RateLimitPolicy(cfg, scope, this);
+  }
+
+  /**
+   * Runs `compile` (which builds every policy of a new config), then disconnects the Redis
+   * clients none of those policies uses: a URL or timeout removed on reload. If `compile` throws,
+   * the running policies keep their clients.
+   */
+  rebuild<T>(compile: () => T): T {
+    const used = new Set<string>();
+    this.compiling = used;
+    let out: T;
+    try {
+      out = compile();
+    } finally {
+      this.compiling = undefined;
+    }
+    for (const [key, entry] of this.redis) {
+      if (used.has(key)) continue;
+      this.redis.delete(key);
+      entry.client.disconnect();
+      this.logger.log(`Redis ${entry.url} (timeout ${entry.timeoutMs}ms) is no longer used by any rate limit: disconnected`);
+    }
+    return out;
   }
 
   /** @internal the in-flight counts of a scope (kept across reloads). */
@@ -210,8 +239,9 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
     this.logger.warn(`dry run: ${key} is over the limit of "${scope}" (let through)`);
   }
 
-  private client(url: string, timeoutMs: number): { client: Redis; up: boolean; timeoutMs: number } {
-    let entry = this.redis.get(url);
+  private client(url: string, timeoutMs: number): RedisEntry {
+    const key = clientKey(url, timeoutMs);
+    let entry = this.redis.get(key);
     if (entry === undefined) {
       // ioredis is loaded only when a policy uses Redis.
       const { Redis: RedisClient } = createRequire(import.meta.url)('ioredis') as typeof import('ioredis');
@@ -223,7 +253,7 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
         lazyConnect: false,
       });
       client.defineCommand('gcra', { numberOfKeys: 1, lua: GCRA_LUA });
-      entry = { client, up: true, timeoutMs };
+      entry = { client, url, up: true, timeoutMs };
       const e = entry;
       // Connection errors are reported through decisions (once per outage); ioredis retries by itself.
       client.on('error', () => {
@@ -233,7 +263,7 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
           this.logger.error(`Redis ${url} is unreachable; reconnecting`);
         }
       });
-      this.redis.set(url, entry);
+      this.redis.set(key, entry);
     }
     return entry;
   }
@@ -244,8 +274,8 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
    */
   async onApplicationBootstrap(): Promise<void> {
     await Promise.all(
-      [...this.redis.entries()].map(
-        ([url, { client }]) =>
+      [...this.redis.values()].map(
+        ({ url, client }) =>
           new Promise<void>((resolve) => {
             if (client.status === 'ready') return resolve();
             const timer = setTimeout(() => {
@@ -265,6 +295,17 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
     for (const { client } of this.redis.values()) client.disconnect();
     this.redis.clear();
   }
+}
+
+interface RedisEntry {
+  client: Redis;
+  url: string;
+  up: boolean;
+  timeoutMs: number;
+}
+
+function clientKey(url: string, timeoutMs: number): string {
+  return `${timeoutMs} ${url}`;
 }
 
 function keyPart(spec: string, ipv6Prefix: number): KeyPart {

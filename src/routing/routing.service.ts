@@ -18,16 +18,19 @@ export class RoutingService {
 
   constructor(
     private readonly lb: LoadBalancerService,
-    rateLimits: RateLimitService,
+    private readonly rateLimits: RateLimitService,
     @Inject(PROXYMITY_CONFIG) cfg: ProxymityConfig,
   ) {
     this.policy = (rl, scope) => rateLimits.policy(rl, scope);
     this.table = new RouteTable(cfg, lb.pools, this.policy);
   }
 
-  /** Builds the table of `cfg` over the load balancer's current pools and makes it active. */
+  /**
+   * Builds the table of `cfg` over the load balancer's current pools and makes it active; Redis
+   * clients only the old table used are closed.
+   */
   build(cfg: ProxymityConfig): RouteTable {
-    this.table = new RouteTable(cfg, this.lb.pools, this.policy);
+    this.table = this.rateLimits.rebuild(() => new RouteTable(cfg, this.lb.pools, this.policy));
     return this.table;
   }
 }

@@ -12,7 +12,10 @@ import { request } from '../helpers/http-client.js';
 import { delta, scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
 import { startProxy } from '../helpers/proxy.js';
-import { startRedis, type RedisProcess } from '../helpers/redis.js';
+import { redisClients, startRedis, type RedisProcess } from '../helpers/redis.js';
+import { parseConfig } from '../../src/config/index.js';
+import { ReloadService } from '../../src/reload/index.js';
+import { withAdminPortZero } from '../helpers/processes.js';
 
 /** Sends requests one after another for `ms`; returns how many were allowed (200) and limited (429). */
 async function hammer(url: string, ms: number, headers: Record<string, string> = {}): Promise<{ ok: number; limited: number; elapsedMs: number }> {
@@ -184,6 +187,26 @@ describe('rate limits in Redis', () => {
     } finally {
       await open.close();
       await closed.close();
+    }
+  });
+
+  it('disconnects from a Redis that no rate limit uses after a reload', async () => {
+    const other = await startRedis();
+    const sut = await startProxy(backends, policy(redis.url, 'deny'));
+    try {
+      assert.ok((await redisClients(redis.port)) >= 1, 'connected to the first Redis');
+      const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend:\n  - name: b1\n    url: "${backends[0]!.url}"\n${policy(other.url, 'deny')}`;
+      const result = sut.app.get(ReloadService).apply(parseConfig(withAdminPortZero(yaml), 'reload.yaml'), 'test');
+      assert.equal(result.result, 'success', result.details.join('; '));
+      await pollUntil(() => redisClients(redis.port), (n) => n === 0, { what: 'the old Redis client to be closed' });
+      await pollUntil(() => redisClients(other.port), (n) => n >= 1, { what: 'a client of the new Redis' });
+      // The limit now lives in the new Redis: the burst of 5 is spent there, then 429.
+      const statuses: number[] = [];
+      for (let i = 0; i < 8; i++) statuses.push((await request(`${sut.url}/moved`, { headers: { 'x-client': 'moved' } })).status);
+      assert.ok(statuses.slice(0, 5).every((s) => s === 200) && statuses.includes(429), statuses.join(','));
+    } finally {
+      await sut.close();
+      await other.stop();
     }
   });
 });

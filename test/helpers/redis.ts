@@ -35,3 +35,22 @@ export async function startRedis(port?: number): Promise<RedisProcess> {
     },
   };
 }
+
+/** How many clients other than this probe are connected to the redis-server on `port` (CLIENT LIST). */
+export function redisClients(port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1', () => c.write('CLIENT LIST\r\n'));
+    let text = '';
+    c.on('data', (d) => {
+      text += d.toString();
+      // A bulk string: $<length>\r\n<body>\r\n
+      const m = /^\$(\d+)\r\n/.exec(text);
+      if (m !== null && text.length >= m[0].length + Number(m[1]) + 2) {
+        c.destroy();
+        const lines = text.slice(m[0].length, m[0].length + Number(m[1])).split('\n').filter((l) => l.startsWith('id='));
+        resolve(lines.length - 1);
+      }
+    });
+    c.once('error', reject);
+  });
+}
