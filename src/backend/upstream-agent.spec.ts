@@ -23,7 +23,9 @@ class Origin {
     this.server = http.createServer((req, res) => {
       if (req.url === '/silent') return; // never answers
       if (this.hint !== undefined) res.setHeader('keep-alive', this.hint);
-      res.end(String(req.socket.remotePort));
+      if (req.url === '/slow') return void setTimeout(() => res.end(String(req.socket.remotePort)), 50);
+      req.resume(); // a body, if any, is read before the answer
+      req.on('end', () => res.end(String(req.socket.remotePort)));
     });
     this.server.keepAliveTimeout = 60_000; // the origin would keep them: any close is the agent's
     this.server.on('connection', (s: Socket) => {
@@ -113,6 +115,48 @@ describe('upstream agent', () => {
     const err = await get(agent, origin.port, '/silent').then(() => undefined, (e: { code: string; connecting: boolean; reused: boolean }) => e);
     assert.deepEqual(err && { code: err.code, connecting: err.connecting, reused: err.reused }, { code: 'TIMEOUT', connecting: false, reused: true });
     agent.destroy();
+  });
+
+  it('gives a reused connection the whole read timeout, even when its first write comes late', async () => {
+    // Regression: the read timer of a pooled connection last restarted when the previous
+    // response ended; a request whose body (and so its headers) is written late must not
+    // inherit what is left of it.
+    const agent = createUpstreamAgent('http:', { ...OPTS, readTimeoutMs: 600, idleTimeoutMs: 10_000 });
+    try {
+      const first = await get(agent, origin.port);
+      await new Promise((r) => setTimeout(r, 450));
+      const res = await new Promise<{ status: number; body: string; reused: boolean }>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: origin.port, path: '/upload', method: 'POST', agent, headers: { 'content-length': '2' } }, (r) => {
+          let body = '';
+          r.on('data', (c) => (body += c));
+          r.on('end', () => resolve({ status: r.statusCode ?? 0, body, reused: req.reusedSocket }));
+        });
+        req.on('timeout', () => req.destroy(new Error('read timeout fired early')));
+        req.on('error', reject);
+        setTimeout(() => req.end('ok'), 300); // 450 + 300 ms after the last activity: past 600 ms
+      });
+      assert.deepEqual(res, { status: 200, body: first.body, reused: true });
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('takes a swept connection out of the pool at once, so the next request never gets it', async () => {
+    const agent = createUpstreamAgent('http:', { ...OPTS, idleTimeoutMs: 60_000 }) as http.Agent & { sweepIdle(): void; stopSweeping(): void };
+    try {
+      await Promise.all([get(agent, origin.port, '/slow'), get(agent, origin.port, '/slow')]);
+      agent.stopSweeping(); // the test sweeps by hand
+      const pool = Object.values(agent.freeSockets)[0] as (Socket & { freedAt?: number })[];
+      assert.equal(pool.length, 2);
+      pool[pool.length - 1]!.freedAt = -1e9; // the one LIFO would hand out next is due
+      agent.sweepIdle();
+      assert.equal(freeCount(agent), 1, 'out of the pool before its close event');
+      const res = await get(agent, origin.port); // in the same tick as the sweep
+      assert.equal(res.status, 200);
+      assert.equal(res.reused, true, 'served by the remaining pooled connection');
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('times out a connect that never completes with the connect timeout', async () => {

@@ -10,7 +10,7 @@
  * Here every timer and listener is set once per connection instead:
  * - connect: the socket's timer is set to connectTimeout when it is created, and to the read
  *   timeout once it is connected. Node refreshes that timer on every read and write, so it
- *   measures silence, and a reused socket's request write restarts it.
+ *   measures silence; it is also refreshed in place when a pooled socket takes a request.
  * - read: one 'timeout' listener per socket hands the timeout to the request on it (the engine
  *   turns it into a 504, or a cut response once the body began).
  * - idle: pooled sockets are stamped when freed; a sweep, running only while the pool holds idle
@@ -138,6 +138,17 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
       return true;
     }
 
+    /**
+     * A pooled socket takes a request. Its read timer last restarted when the previous response
+     * ended; restart it now, so the new request gets the whole read timeout even before its
+     * first write (a request with a body is written with the body's first chunk). `_unrefTimer`
+     * refreshes the existing timer in place, which costs far less than `setTimeout`.
+     */
+    override reuseSocket(socket: Socket, req: http.ClientRequest): void {
+      super.reuseSocket(socket, req);
+      (socket as Socket & { _unrefTimer?: () => void })._unrefTimer?.();
+    }
+
     /** Closes the pooled sockets that are due, and stops when the pool is empty. */
     sweepIdle(): void {
       const now = performance.now() + this.sweepEveryMs; // due before the next sweep: close now
@@ -148,9 +159,13 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
         if (free === undefined) continue;
         for (let i = free.length - 1; i >= 0; i--) {
           const s = free[i]!;
-          if (now - (s.freedAt ?? 0) >= (s.idleLimit ?? 0)) s.destroy(); // 'close' removes it from the pool
-          else left++;
+          if (now - (s.freedAt ?? 0) >= (s.idleLimit ?? 0)) {
+            // Out of the pool now: Node would hand out a destroyed socket until its 'close'.
+            free.splice(i, 1);
+            s.destroy();
+          } else left++;
         }
+        if (free.length === 0) delete pools[name];
       }
       if (left === 0) this.stopSweeping();
     }

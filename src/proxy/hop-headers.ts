@@ -137,10 +137,6 @@ function removeConnectionListed(h: IncomingHttpHeaders, connection: string): voi
 
 const PROTECTED = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'via', REQUEST_ID, 'content-length', 'transfer-encoding']);
 /**
- * The upstream response's raw header list minus hop-by-hop fields, plus Via and the request id
- * (unless the backend echoed it). One array is allocated; `res.writeHead` takes it as is.
- */
-/**
  * The first value of header `lowerName` in raw [name, value, ...] pairs, or undefined. Reading
  * `message.headers` instead makes Node build the whole header object; this compares only the
  * names of the same length.
@@ -154,6 +150,10 @@ export function rawHeader(raw: readonly string[], lowerName: string): string | u
   return undefined;
 }
 
+/**
+ * The upstream response's raw header list minus hop-by-hop fields, plus Via and the request id
+ * (unless the backend echoed it). One array is allocated; `res.writeHead` takes it as is.
+ */
 export function buildResponseHeaders(raw: readonly string[], requestId: string, httpVersion: string): string[] {
   const out: string[] = [];
   let sawRequestId = false;
