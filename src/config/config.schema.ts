@@ -376,7 +376,7 @@ export const configSchema = z
       .describe('Retry policy.'),
     upstream: z
       .strictObject({
-        connectTimeout: duration({ min: 10, max: 600_000 }).prefault('5s').describe('Time allowed to open a TCP connection to a backend; then 504. Default 5s.'),
+        connectTimeout: duration({ min: 10, max: 600_000 }).prefault('5s').describe('Time allowed to open a connection to a backend, the TLS handshake included for https backends; then 504. Default 5s.'),
         timeout: duration({ min: 10, max: 3_600_000 }).prefault('60s').describe('Idle timeout: longest silence from a backend while waiting for or reading its response; then 504 (or a cut connection once the response began). Default 60s.'),
         headerTimeout: duration({ min: 10, max: 3_600_000 }).optional().describe('Time from sending the request to the response headers (time to first byte), however busy the upload; then 504. Default: only the idle timeout applies.'),
         totalTimeout: duration({ max: 24 * 3_600_000 }).prefault(0).describe('Longest time for a whole exchange, upload and download included; then 504, or a cut connection once the response began. 0 = no limit. Default 0.'),

@@ -766,7 +766,9 @@ function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
 
 /** Fired by the backend agent's socket timer on the request's socket: connect, then read (see upstream-agent.ts). */
 function onUpstreamTimeout(this: ClientRequest): void {
-  const connecting = this.socket?.connecting === true;
+  // The agent stamps connectMs once TCP is up and, for https, the TLS handshake is done: a
+  // stalled handshake is a connect timeout (as in nginx and Envoy), which may go to another backend.
+  const connecting = this.socket != null && (this.socket as ConnectTimed).connectMs === undefined;
   const inBody = (this as { res?: IncomingMessage | null }).res != null;
   const err: NodeJS.ErrnoException = new Error(
     connecting ? 'connect timeout (upstream.connectTimeout)' : inBody ? 'backend silent mid-body (upstream.timeout)' : 'no response within the idle timeout (upstream.timeout)',

@@ -221,12 +221,18 @@ class Tunnel {
     up.on('error', (err: NodeJS.ErrnoException) => {
       if (this.upstream === up) this.onUpstreamError(err);
     });
+    // Connected means TCP up and, for https, the TLS handshake done: a stalled TLS handshake is
+    // a connect timeout (as in nginx and Envoy), which may go to another backend.
+    let connected = false;
     up.on('socket', (s: Socket) => {
       s.setTimeout(this.proxy.connectTimeoutMs);
-      s.once(backend.protocol === 'https:' ? 'secureConnect' : 'connect', () => s.setTimeout(this.proxy.handshakeTimeoutMs));
+      s.once(backend.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+        connected = true;
+        s.setTimeout(this.proxy.handshakeTimeoutMs);
+      });
     });
     up.on('timeout', () => {
-      const connecting = up.socket?.connecting === true;
+      const connecting = !connected;
       up.destroy(Object.assign(new Error(connecting ? 'connect timeout (upstream.connectTimeout)' : 'no handshake answer (upstream.timeout)'), { code: connecting ? CONNECT_TIMEOUT : READ_TIMEOUT }));
     });
     up.on('response', (res) => this.onRefused(res));

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
+import WebSocket from 'ws';
 import { after, before, describe, it } from 'node:test';
 import { makeTestCa, type TestCa } from '../helpers/certs.js';
 import { request } from '../helpers/http-client.js';
@@ -72,6 +73,36 @@ describe('HTTPS backends', () => {
     } finally {
       await px.close();
       await new Promise<void>((r) => named.close(() => r()));
+    }
+  });
+
+  it('counts a TLS handshake the backend never answers as a connect timeout: 504, or another backend', async () => {
+    const silent = net.createServer((sock) => sock.on('error', () => undefined)); // accepts TCP, never speaks TLS
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const silentUrl = `https://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    const start = (urls: string[]) =>
+      startProxymity(parseConfig(withAdminPortZero(`proxy: {host: 127.0.0.1, port: 0}\nbackend:\n${urls.map((u, i) => `  - name: b${i}\n    url: "${u}"\n    tls: {ca: "${ca.caCert}"}\n`).join('')}healthCheck: {enabled: false}\nupstream: {connectTimeout: 300ms, timeout: 60s}\n`), 'stall.yaml'), { logger: false });
+    const alone = await start([silentUrl]);
+    const pair = await start([silentUrl, url]);
+    // Its own proxy: the failed attempt above takes the lone backend out for a while (passive health).
+    const forWs = await start([silentUrl]);
+    try {
+      const res = await request(`${alone.url}/stall`);
+      assert.equal(res.status, 504);
+      assert.equal(res.headers['proxy-status'], 'proxymity; error=connection_timeout');
+      for (let i = 0; i < 4; i++) assert.equal((await request(`${pair.url}/failover/${i}`)).status, 200, `request ${i + 1}`);
+      const ws = await new Promise<{ status: number; proxyStatus: unknown }>((resolve, reject) => {
+        const client = new WebSocket(`${forWs.url.replace(/^http/, 'ws')}/ws`);
+        client.once('unexpected-response', (_req, r) => (r.resume(), resolve({ status: r.statusCode ?? 0, proxyStatus: r.headers['proxy-status'] })));
+        client.once('open', () => reject(new Error('opened')));
+        client.once('error', reject);
+      });
+      assert.deepEqual(ws, { status: 504, proxyStatus: 'proxymity; error=connection_timeout' });
+    } finally {
+      await alone.close();
+      await pair.close();
+      await forWs.close();
+      silent.close();
     }
   });
 
