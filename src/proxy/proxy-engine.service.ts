@@ -598,6 +598,28 @@ export class ProxyEngine {
 
 // ---- handlers shared by every request: registered per request, allocated once -------------
 
+/** Methods Node sends without a body framing header when they have no body (no `Content-Length: 0`). */
+const NO_BODY_BY_DEFAULT = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
+
+/**
+ * The request's headers as a flat [name, value, ...] list. Given a list, Node validates and
+ * writes them in one pass; given an object, it first stores each through setHeader (a
+ * lower-cased copy and an array per header) and writes them later. What Node adds by itself
+ * for an object is added here: Host when the client sent none (HTTP/1.0), and
+ * `Content-Length: 0` on a bodyless request whose method normally has a body.
+ */
+function upstreamHeaders(req: IncomingMessage, bodyless: boolean, backend: Backend): (string | string[])[] {
+  const h = req.headers;
+  const out: (string | string[])[] = [];
+  for (const name in h) {
+    const value = h[name];
+    if (value !== undefined) out.push(name, value);
+  }
+  if (h.host === undefined) out.push('host', backend.url.host);
+  if (bodyless && h['content-length'] === undefined && h['transfer-encoding'] === undefined && !NO_BODY_BY_DEFAULT.has(req.method as string)) out.push('content-length', '0');
+  return out;
+}
+
 /** The single http-proxy pass: starts the upstream request for the forwarder's backend. */
 function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBackend]: Backend }): boolean {
   const ex = (res as WithExchange<ServerResponse>)[kExchange] as Exchange;
@@ -609,7 +631,7 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
     port: backend.port,
     method: req.method,
     path: backend.basePath === '' ? url : backend.basePath + url,
-    headers: req.headers,
+    headers: upstreamHeaders(req, ex.bodyless, backend) as unknown as http.OutgoingHttpHeaders,
     agent: backend.agent,
   };
   let up: ClientRequest;

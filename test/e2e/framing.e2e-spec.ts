@@ -91,6 +91,17 @@ describe('framing and smuggling defences', () => {
     assert.match(answer, /"via":"1\.0 proxymity"/);
   });
 
+  it('adds what Node would for a header object: Host for an HTTP/1.0 client without one, Content-Length: 0 on a bodyless POST', async () => {
+    const body = (answer: string) => JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4));
+    const old = body(await raw(fx.sut.port, 'GET /no-host HTTP/1.0\r\n\r\n'));
+    assert.equal(old.headers.host, new URL(fx.backends[0].url).host);
+    const post = body(await raw(fx.sut.port, 'POST /empty HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+    assert.equal(post.headers['content-length'], '0');
+    assert.equal(post.headers['transfer-encoding'], undefined);
+    const get = body(await raw(fx.sut.port, 'GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+    assert.equal(get.headers['content-length'], undefined, 'a bodyless GET gets no framing header');
+  });
+
   it('answers Expect: 100-continue and forwards the body that follows', async () => {
     const answer = await new Promise<string>((resolve, reject) => {
       const s = net.connect(fx.sut.port, '127.0.0.1', () => s.write('PUT /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n'));
