@@ -137,20 +137,6 @@ function removeConnectionListed(h: IncomingHttpHeaders, connection: string): voi
 
 const PROTECTED = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'via', REQUEST_ID, 'content-length', 'transfer-encoding']);
 /**
- * The first value of header `lowerName` in raw [name, value, ...] pairs, or undefined. Reading
- * `message.headers` instead makes Node build the whole header object; this compares only the
- * names of the same length.
- */
-export function rawHeader(raw: readonly string[], lowerName: string): string | undefined {
-  const len = lowerName.length;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i];
-    if (name.length === len && (name === lowerName || name.toLowerCase() === lowerName)) return raw[i + 1];
-  }
-  return undefined;
-}
-
-/**
  * The upstream response's raw header list minus hop-by-hop fields, plus Via and the request id
  * (unless the backend echoed it). One array is allocated; `res.writeHead` takes it as is.
  */

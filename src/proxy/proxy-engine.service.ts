@@ -37,7 +37,8 @@ import type { Route } from '../routing/route.js';
 import { applyResponseOps } from '../routing/route.js';
 import type { CacheTransaction } from '../cache/cache-transaction.js';
 import { NOT_MODIFIED_FIELDS, type StoredResponse } from '../cache/stored-response.js';
-import { buildResponseHeaders, rawHeader, VIA_11 } from './hop-headers.js';
+import { buildResponseHeaders, VIA_11 } from './hop-headers.js';
+import { rawHeader } from '../backend/raw-header.js';
 import {
   classifyUpstreamError,
   CLIENT_CLOSED,

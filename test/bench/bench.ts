@@ -404,6 +404,12 @@ function ratio(a: number | undefined, b: number | undefined): string {
 
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
+  for (const [flag, value, min] of [['--rounds', opts.rounds, 1], ['--paired-rounds', opts.pairedRounds, 0], ['--connections', opts.connections, 2], ['--stream-mib', opts.streamMiB, 1]] as const) {
+    if (!Number.isInteger(value) || value < min) {
+      console.error(`${flag} must be a whole number of at least ${min} (got ${String(value)})`);
+      process.exit(2);
+    }
+  }
   if (process.argv.includes('--picks-only')) {
     console.log(renderPicks(benchPicks(400)).join('\n'));
     return;
