@@ -3,7 +3,7 @@
  *
  *   proxymity [--config FILE] [--log-level LEVEL]
  */
-import { endBootHeap } from './boot-heap.js';
+import { endBootHeap, keepHeadroom } from './heap-tuning.js';
 import { Logger, type LogLevel } from '@nestjs/common';
 import { AdminListenError } from './admin/index.js';
 import { ConfigError, configJsonSchema, configVersion, diffConfigs, loadConfigFile, redactSecrets, resolveConfigPath, summarize, type ProxymityConfig } from './config/index.js';
@@ -88,6 +88,7 @@ async function main(argv: string[]): Promise<void> {
     throw err;
   }
   endBootHeap();
+  keepHeadroom();
   const pools = Object.values(config.pools);
   const enabled = pools.reduce((n, p) => n + p.backends.filter((b) => b.enabled).length, 0);
   const strategies = [...new Set(pools.map((p) => p.strategy))].join('/');

@@ -4,11 +4,11 @@
  *
  *   proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]   (see cli.ts)
  *
- * It keeps V8's young generation from growing while Nest loads (boot-heap.ts), then runs the
+ * It keeps V8's young generation from growing while Nest loads (heap-tuning.ts), then runs the
  * command line. cli.ts is imported dynamically on purpose: a static import would load and parse
  * Nest and every module of the proxy before the first line here runs.
  */
-import { holdBootHeap } from './boot-heap.js';
+import { holdBootHeap } from './heap-tuning.js';
 
 holdBootHeap();
 await import('./cli.js');

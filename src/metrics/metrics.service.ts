@@ -10,6 +10,7 @@
 import type { Server } from 'node:http';
 import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
+import { appliedGrowingPercent } from '../heap-tuning.js';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
@@ -103,7 +104,17 @@ export class MetricsService implements OnApplicationBootstrap {
     if (!this.enabled) return;
     for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes, this.rateLimits, this.rateLimitStoreErrors, this.cacheRequests, this.cacheRemovals, this.cacheRefreshes]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
-    if (cfg.metrics.processMetrics) collectDefaultMetrics({ register: this.registry });
+    if (cfg.metrics.processMetrics) {
+      collectDefaultMetrics({ register: this.registry });
+      new Gauge({
+        name: `${METRIC_PREFIX}heap_growing_percent`,
+        help: "V8's old-generation growing factor the proxy set, as percent over 1 (0: V8's own, for a large heap); -1 when the proxy leaves it alone (operator's --heap-growing-percent, or started in-process).",
+        registers: [this.registry],
+        collect() {
+          this.set(appliedGrowingPercent());
+        },
+      });
+    }
   }
 
   onApplicationBootstrap(): void {
