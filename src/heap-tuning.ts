@@ -14,39 +14,55 @@
  *
  * 2. Keep at least 64 MiB between the old generation's live size and the size at which V8 starts
  *    a full collection (keepHeadroom). V8 counts memory outside its heap, which every socket read
- *    buffer is, against that limit until the next full collection, and it sets the limit only
- *    about 10 MiB above the proxy's ~25 MiB of live objects. A streamed body fills 10 MiB in a
- *    fraction of a second, so uploads set off a full collection every 10-16 MiB (25 in 6 s at 40
- *    uploads of 1 MiB per second), 35-60% of the CPU they cost. With 64 MiB, young-generation
- *    collections, which are cheap, free the buffers first (1 full collection in 6 s). V8's growing
- *    factor is set so that live × factor leaves that headroom, rechecked every 10 s as the live
- *    size changes (the response cache lives in the heap). Past 128 MiB of live objects the factor
- *    is left to V8 (its own is between 1.1 and 4): a smaller one than V8 would pick would only
- *    add collections.
+ *    buffer is, against that limit until the next full collection, and under load it set the
+ *    limit only about 10 MiB above the proxy's ~25 MiB of live objects (its factor drops to 1.1,
+ *    its minimum, when the process spends little time in GC). A streamed body fills that in a
+ *    fraction of a second, so uploads set off one full collection after another; young-generation
+ *    collections, which are cheap, free those buffers if the limit leaves room for it. The proxy
+ *    sets V8's growing factor (--heap-growing-percent) to live + 64 MiB, from the live size seen
+ *    after each full collection (watchLiveSize, from the start of boot): +280% for 25 MiB, at most
+ *    +400%, at least +10%. From 640 MiB of live objects on it leaves the factor to V8, whose
+ *    smallest (1.1) leaves 64 MiB by itself.
+ *    Costs: the flag replaces V8's own factor, including the smaller ones V8 uses to save memory,
+ *    so up to 64 MiB more garbage can stay resident until V8's memory reducer runs; and with any
+ *    V8 flag changed at run time Node compiles the built-in modules it loads afterwards from
+ *    source instead of its code cache (boot time did not change measurably).
+ * Measurements: docs/benchmarks.md#heap-tuning.
  */
+import { constants, PerformanceObserver } from 'node:perf_hooks';
 import v8 from 'node:v8';
 
 /** V8's own default (Node 20 and 22). */
 const DEFAULT_GROWTH_FACTOR = 2;
 const MIB = 1024 * 1024;
-/** The old generation's headroom: V8's own soft limit for memory outside its heap (kExternalAllocationSoftLimit). */
+/** The old generation's headroom. With 25 MiB (+100%) 6 s of uploads still set off 6 full collections; with 37 MiB (+150%), 1. */
 export const HEADROOM_BYTES = 64 * MIB;
-/** From this live size on, the factor is V8's own (the headroom would need less than +50%). */
-const OWN_FACTOR_FROM = 2 * HEADROOM_BYTES;
-/** V8's own factor is at most 4 (1 + 300%); a tiny heap gets a factor of at most 5. */
+/** From this live size on, V8's smallest factor (1.1) leaves the headroom by itself. */
+const OWN_FACTOR_FROM = 10 * HEADROOM_BYTES;
+/** A tiny heap gets a factor of at most 5 (V8's own tops out at 4); any other at least 1.1. */
 const MAX_PERCENT = 400;
-const RECHECK_MS = 10_000;
+const MIN_PERCENT = 10;
+/** What is allocated between a full collection and the moment its live size is read. */
+const MEASURE_SLACK_BYTES = 4 * MIB;
 
-const operatorArgs = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
-const operatorSet = (flag: RegExp): boolean => operatorArgs.some((arg) => flag.test(arg));
-const youngSetByOperator = operatorSet(/^--(semi[-_]space[-_]growth[-_]factor|max[-_]semi[-_]space[-_]size|min[-_]semi[-_]space[-_]size)\b/);
-const growingSetByOperator = operatorSet(/^--heap[-_]growing[-_]percent\b/);
+/** Which of the adjustments the operator's own V8 flags (node command line, NODE_OPTIONS) take over. */
+export function operatorFlags(execArgv: readonly string[], nodeOptions: string | undefined): { young: boolean; growing: boolean } {
+  const args = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)];
+  const has = (flag: RegExp) => args.some((arg) => flag.test(arg));
+  return {
+    young: has(/^--(semi[-_]space[-_]growth[-_]factor|max[-_]semi[-_]space[-_]size|min[-_]semi[-_]space[-_]size)\b/),
+    // --predictable-gc-schedule and --predictable set V8's growing factor themselves.
+    growing: has(/^--(heap[-_]growing[-_]percent|predictable[-_]gc[-_]schedule|predictable)(=|$)/),
+  };
+}
+
+const byOperator = operatorFlags(process.execArgv, process.env.NODE_OPTIONS);
 
 let holding = false;
 
 /** Boot begins: V8 keeps the young generation at its initial size. */
 export function holdBootHeap(): void {
-  if (youngSetByOperator || holding) return;
+  if (byOperator.young || holding) return;
   v8.setFlagsFromString('--semi-space-growth-factor=1');
   holding = true;
 }
@@ -59,16 +75,17 @@ export function endBootHeap(): void {
 }
 
 /**
- * V8's `--heap-growing-percent` for an old generation of `liveBytes`: enough for HEADROOM_BYTES
- * above it (rounded up to 10%), or 0 (V8's own heuristics) once it is large.
+ * V8's `--heap-growing-percent` for an old generation of `liveBytes`: HEADROOM_BYTES above it
+ * (and MEASURE_SLACK_BYTES more), rounded up to 10%, between +10% and +400% (so under 16 MiB live the headroom is 4 × live); 0
+ * (V8's own factor) from 640 MiB on.
  */
 export function growingPercentFor(liveBytes: number): number {
   if (liveBytes >= OWN_FACTOR_FROM) return 0;
-  const percent = Math.ceil((100 * HEADROOM_BYTES) / Math.max(liveBytes, 1) / 10) * 10;
-  return Math.min(MAX_PERCENT, percent);
+  const percent = Math.ceil((100 * (HEADROOM_BYTES + MEASURE_SLACK_BYTES)) / Math.max(liveBytes, 1) / 10) * 10;
+  return Math.max(MIN_PERCENT, Math.min(MAX_PERCENT, percent));
 }
 
-/** Bytes in use in the old generation (old objects, code, large objects). */
+/** Bytes in use in the old generation (old objects, code, large objects): the live size right after a full collection. */
 function oldGenerationUsed(): number {
   let used = 0;
   for (const s of v8.getHeapSpaceStatistics()) {
@@ -78,24 +95,47 @@ function oldGenerationUsed(): number {
 }
 
 let applied = -1;
-let keeper: NodeJS.Timeout | undefined;
+let keeping = false;
+/** The old generation's size in use right after the last full collection (its live size then). */
+let liveAfterMajor: number | undefined;
+let observer: PerformanceObserver | undefined;
 
-function applyHeadroom(): void {
-  const percent = growingPercentFor(oldGenerationUsed());
+function applyHeadroom(live: number): void {
+  const percent = growingPercentFor(live);
   if (percent === applied) return;
   v8.setFlagsFromString(`--heap-growing-percent=${percent}`);
   applied = percent;
 }
 
-/** Starts keeping the old generation's headroom (see above); a no-op when the operator set the flag. */
-export function keepHeadroom(): void {
-  if (growingSetByOperator || keeper !== undefined) return;
-  applyHeadroom();
-  keeper = setInterval(applyHeadroom, RECHECK_MS);
-  keeper.unref();
+/**
+ * Watches full collections from the start of boot (main.ts), to know the live size: the size
+ * in use at any other moment still holds garbage (boot's, about a quarter more), which would
+ * make the factor too small. A no-op when the operator set the factor.
+ */
+export function watchLiveSize(): void {
+  if (byOperator.growing || observer !== undefined) return;
+  observer = new PerformanceObserver((list) => {
+    if (!list.getEntries().some((e) => (e as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR)) return;
+    liveAfterMajor = oldGenerationUsed();
+    if (keeping) applyHeadroom(liveAfterMajor);
+  });
+  observer.observe({ entryTypes: ['gc'] });
 }
 
-/** The growing percent currently applied by keepHeadroom (-1: none). For tests. */
+/**
+ * Starts keeping the old generation's headroom (see above): now, from the live size at the last
+ * full collection of boot (the live size only grows during boot, so the factor errs on the large
+ * side), then after every full collection. V8 uses the factor at the next one. A no-op when the
+ * operator set the factor.
+ */
+export function keepHeadroom(): void {
+  if (byOperator.growing || keeping) return;
+  keeping = true;
+  watchLiveSize();
+  applyHeadroom(liveAfterMajor ?? oldGenerationUsed());
+}
+
+/** The growing percent keepHeadroom applied last (-1: none). The metrics read it. */
 export function appliedGrowingPercent(): number {
   return applied;
 }

@@ -8,7 +8,8 @@
  * command line. cli.ts is imported dynamically on purpose: a static import would load and parse
  * Nest and every module of the proxy before the first line here runs.
  */
-import { holdBootHeap } from './heap-tuning.js';
+import { holdBootHeap, watchLiveSize } from './heap-tuning.js';
 
 holdBootHeap();
+watchLiveSize();
 await import('./cli.js');

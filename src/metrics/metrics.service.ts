@@ -10,10 +10,10 @@
 import type { Server } from 'node:http';
 import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import { appliedGrowingPercent } from '../heap-tuning.js';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
+import { appliedGrowingPercent } from '../heap-tuning.js';
 import type { ConnectObserved } from '../backend/upstream-agent.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
@@ -108,7 +108,7 @@ export class MetricsService implements OnApplicationBootstrap {
       collectDefaultMetrics({ register: this.registry });
       new Gauge({
         name: `${METRIC_PREFIX}heap_growing_percent`,
-        help: "V8's old-generation growing factor the proxy set, as percent over 1 (0: V8's own, for a large heap); -1 when the proxy leaves it alone (operator's --heap-growing-percent, or started in-process).",
+        help: "V8's old-generation growing factor the proxy set, as percent over 1 (0: V8's own, from 640 MiB live); -1 when the proxy leaves it alone (operator's --heap-growing-percent, or started in-process).",
         registers: [this.registry],
         collect() {
           this.set(appliedGrowingPercent());
