@@ -76,7 +76,7 @@ export function endBootHeap(): void {
 
 /**
  * V8's `--heap-growing-percent` for an old generation of `liveBytes`: HEADROOM_BYTES above it
- * (and MEASURE_SLACK_BYTES more), rounded up to 10%, between +10% and +400% (so under 16 MiB live the headroom is 4 × live); 0
+ * (and MEASURE_SLACK_BYTES more), rounded up to 10%, between +10% and +400% (so under about 17 MiB live the headroom is 4 × live); 0
  * (V8's own factor) from 640 MiB on.
  */
 export function growingPercentFor(liveBytes: number): number {
