@@ -1,8 +1,6 @@
 /**
- * The command line (main.ts runs it): read the config, start the app, handle signals.
- *
- *   proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]
- *   proxymity validate [--config FILE] [--diff ...] | proxymity schema     (USAGE below)
+ * The command line (main.ts runs it): read the config, start the app, handle signals. The
+ * commands and flags are in USAGE below.
  */
 import { endBootHeap, keepHeadroom } from './heap-tuning.js';
 import { Logger, type LogLevel } from '@nestjs/common';
