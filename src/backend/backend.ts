@@ -110,6 +110,12 @@ export class Backend {
   /** Removed from the config by a reload: no new requests, closed once idle. */
   retired = false;
   readonly agent: Agent;
+  /**
+   * The active health probes' agent: the same class and settings as `agent` (see
+   * upstream-request.ts for why), but its own single connection, so probes never queue behind
+   * proxied traffic nor take its connections.
+   */
+  readonly probeAgent: Agent;
   readonly agentOptions: UpstreamAgentOptions;
   /** TLS options (https backends only): given to every connection, probes and tunnels included. */
   readonly tls: BackendTls | undefined;
@@ -167,6 +173,7 @@ export class Backend {
     this.tls = this.protocol === 'https:' ? readTls(cfg.tls, this.hostname) : undefined;
     this.tlsSpec = cfg.tls;
     this.agent = createUpstreamAgent(this.protocol, agentOptions, this.tls);
+    this.probeAgent = createUpstreamAgent(this.protocol, { ...agentOptions, maxSockets: 1, maxFreeSockets: 1 }, this.tls);
     this.agentOptions = agentOptions;
     this.poolKey = this.protocol === 'http:' ? this.agent.getName({ host: this.hostname, port: this.port }) : undefined;
   }
@@ -202,9 +209,10 @@ export class Backend {
     this.check = check;
   }
 
-  /** Frees the agent's sockets; the backend is unusable afterwards. */
+  /** Frees the agents' sockets; the backend is unusable afterwards. */
   destroy(): void {
     this.agent.destroy();
+    this.probeAgent.destroy();
   }
 }
 

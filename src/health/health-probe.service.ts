@@ -1,17 +1,17 @@
 /**
  * Active health checks (control plane). A once-a-second @Cron tick starts the probes that are
  * due; each backend has at most one probe in flight, each probe has a hard timeout, and probes
- * use their own keep-alive agent so they never queue behind (or starve) proxied traffic.
+ * use each backend's probe agent (one keep-alive connection) so they never queue behind (or
+ * starve) proxied traffic.
  * Each backend's check is `healthCheck` merged with its own `backend[].healthCheck` overrides.
  * Results go to BackendRegistry, which applies the thresholds and logs transitions.
  */
-import http from 'node:http';
-import https from 'node:https';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import { Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
-import { upstreamLookup } from '../backend/loopback-lookup.js';
+import { kOwner, sendUpstream, type Owned, type UpstreamListeners } from '../backend/upstream-request.js';
 
 const USER_AGENT = 'proxymity-health-check';
 /** Only this much of a probe's body is read when `expectBody` is set. */
@@ -22,10 +22,8 @@ type BodyMatcher = (body: string) => boolean;
 @Injectable()
 export class HealthProbeService implements OnApplicationShutdown {
   private readonly logger = new Logger(HealthProbeService.name);
-  private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 1, timeout: 30_000 });
-  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 1, timeout: 30_000 });
   private stopped = false;
-  private readonly pending = new Set<http.ClientRequest>();
+  private readonly pending = new Set<ClientRequest>();
   private readonly running = new Set<Backend>();
   /** When each backend's last probe finished, and the jitter drawn for its next one. */
   private readonly last = new Map<Backend, { at: number; jitter: number }>();
@@ -94,53 +92,25 @@ export class HealthProbeService implements OnApplicationShutdown {
   private request(b: Backend, readBody: boolean): Promise<{ status: number; body: string }> {
     const c = b.check;
     return new Promise((resolve, reject) => {
-      const mod = b.protocol === 'https:' ? https : http;
-      const req = mod.request(
-        {
-          protocol: b.protocol,
-          hostname: b.hostname,
-          port: c.port ?? b.port,
-          path: b.basePath + c.path,
-          method: c.method,
-          agent: b.protocol === 'https:' ? this.httpsAgent : this.httpAgent,
-          headers: { host: b.url.host, 'user-agent': USER_AGENT, accept: '*/*', ...c.headers },
-          autoSelectFamily: true,
-          lookup: upstreamLookup,
-          ...b.tls,
-        } as http.RequestOptions,
-        (res) => {
-          const chunks: Buffer[] = [];
-          let size = 0;
-          res.on('data', (chunk: Buffer) => {
-            // The body is drained so the socket can be reused, but only inspected up to a bound.
-            if (readBody && size < MAX_PROBE_BODY_BYTES) {
-              chunks.push(chunk);
-              size += chunk.length;
-            }
-          });
-          res.on('error', reject);
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: readBody ? Buffer.concat(chunks).subarray(0, MAX_PROBE_BODY_BYTES).toString('utf8') : '' }));
-        },
-      );
-      // A plain timer rather than AbortSignal.timeout/any: on Node 20 a composed signal that
-      // nothing else references can be collected before it fires, and the probe would wait
-      // for the backend's answer however slow.
-      const timer = setTimeout(() => req.destroy(Object.assign(new Error(`timeout after ${c.timeout}ms`), { code: 'PROBE_TIMEOUT' })), c.timeout);
+      let req: ClientRequest | undefined;
+      const settled = (): void => {
+        clearTimeout(probe.timer);
+        if (req !== undefined) this.pending.delete(req);
+      };
+      const probe = new Probe(readBody, (r) => (settled(), resolve(r)), (err) => (settled(), reject(err)));
+      // Sent the way proxied requests are (upstream-request.ts), so probes leave the shapes V8
+      // optimised Node's HTTP client for as they were: no listener of their own on the request.
+      req = sendUpstream(b, b.probeAgent, c.port ?? b.port, c.method, b.basePath + c.path, probeHeaders(b, c.headers), probe, PROBE_LISTENERS);
+      probe.timer = setTimeout(onCheckTimeout, c.timeout, req, c.timeout);
       this.pending.add(req);
-      req.on('close', () => {
-        clearTimeout(timer);
-        this.pending.delete(req);
-      });
-      req.on('error', reject);
       req.end();
     });
   }
 
   onApplicationShutdown(): void {
     this.stopped = true;
-    for (const req of this.pending) req.destroy();
-    this.httpAgent.destroy();
-    this.httpsAgent.destroy();
+    // With an error, so each probe's promise settles (as a failure nobody reports: stopped is set).
+    for (const req of this.pending) req.destroy(Object.assign(new Error('shutting down'), { code: 'PROBE_CLOSED' }));
   }
 }
 
@@ -153,3 +123,90 @@ export function bodyMatcher(spec: string): BodyMatcher {
   }
   return (body) => body.includes(spec);
 }
+
+/** One probe in flight: settles its promise once, with the status and (when asked for) the body. */
+class Probe {
+  timer: NodeJS.Timeout | undefined = undefined;
+  private settled = false;
+  private readonly chunks: Buffer[] = [];
+  private size = 0;
+  private status = 0;
+
+  constructor(
+    private readonly readBody: boolean,
+    private readonly resolve: (r: { status: number; body: string }) => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  answered(status: number): void {
+    this.status = status;
+  }
+
+  data(chunk: Buffer): void {
+    // The body is drained so the connection can be reused, but only inspected up to a bound.
+    if (this.readBody && this.size < MAX_PROBE_BODY_BYTES) {
+      this.chunks.push(chunk);
+      this.size += chunk.length;
+    }
+  }
+
+  done(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.resolve({ status: this.status, body: this.readBody ? Buffer.concat(this.chunks).subarray(0, MAX_PROBE_BODY_BYTES).toString('utf8') : '' });
+  }
+
+  fail(err: Error): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.reject(err);
+  }
+}
+
+type ProbeOwned<T> = Owned<T, Probe>;
+
+/** The probe's request headers as a flat list; the check's own `headers` replace the defaults of the same name. */
+function probeHeaders(b: Backend, extra: Record<string, string>): string[] {
+  const h: Record<string, string> = { host: b.url.host, 'user-agent': USER_AGENT, accept: '*/*' };
+  for (const name in extra) h[name.toLowerCase()] = extra[name];
+  const out: string[] = [];
+  for (const name in h) out.push(name, h[name]);
+  return out;
+}
+
+function onProbeResponse(this: ProbeOwned<ClientRequest>, res: IncomingMessage): void {
+  const probe = this[kOwner] as Probe;
+  probe.answered(res.statusCode ?? 0);
+  (res as ProbeOwned<IncomingMessage>)[kOwner] = probe;
+  res.on('error', onProbeBodyError);
+  res.on('data', onProbeData);
+  res.on('end', onProbeEnd);
+}
+
+function onProbeError(this: ProbeOwned<ClientRequest>, err: Error): void {
+  this[kOwner]?.fail(err);
+}
+
+/** The agent's connect or read timeout (upstream.connectTimeout / upstream.timeout). */
+function onAgentTimeout(this: ClientRequest): void {
+  this.destroy(Object.assign(new Error('connect or read timeout (upstream settings)'), { code: 'ETIMEDOUT' }));
+}
+
+function onProbeData(this: ProbeOwned<IncomingMessage>, chunk: Buffer): void {
+  this[kOwner]?.data(chunk);
+}
+
+function onProbeEnd(this: ProbeOwned<IncomingMessage>): void {
+  this[kOwner]?.done();
+}
+
+function onProbeBodyError(this: ProbeOwned<IncomingMessage>, err: Error): void {
+  this[kOwner]?.fail(err);
+}
+
+/** healthCheck.timeout: the whole probe took too long. */
+function onCheckTimeout(req: ClientRequest, ms: number): void {
+  req.destroy(Object.assign(new Error(`timeout after ${ms}ms`), { code: 'PROBE_TIMEOUT' }));
+}
+
+const PROBE_LISTENERS: UpstreamListeners = { response: onProbeResponse, error: onProbeError, timeout: onAgentTimeout };

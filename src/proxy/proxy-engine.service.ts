@@ -21,8 +21,7 @@
  * options per call; responses are handled here (the `selfHandleResponse` path), with headers
  * written in one `writeHead` call.
  */
-import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import https from 'node:https';
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
@@ -30,6 +29,7 @@ import httpProxy from 'http-proxy';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import type { Backend } from '../backend/backend.js';
 import type { ConnectTimed } from '../backend/upstream-agent.js';
+import { kOwner, sendUpstream, type Owned, type UpstreamListeners } from '../backend/upstream-request.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
 import { AccessLogService } from '../logging/access-log.service.js';
 import { MetricsService, type RetryReason } from '../metrics/metrics.service.js';
@@ -54,14 +54,14 @@ import {
   type ProxyErrorCode,
 } from './proxy-errors.js';
 
-const kExchange = Symbol('proxymity.exchange');
+
 /** Extra response headers set before forwarding (the rate limit's quota headers). */
 export const kResponseHeaders = Symbol('proxymity.responseHeaders');
 export type WithResponseHeaders = ServerResponse & { [kResponseHeaders]?: readonly string[] };
 const kBackend = Symbol('proxymity.backend');
 
 type Forwarder = httpProxy;
-type WithExchange<T> = T & { [kExchange]?: Exchange };
+type WithExchange<T> = Owned<T, Exchange>;
 
 /** Methods that RFC 9110 §9.2.2 calls idempotent: safe to resend after a reset. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
@@ -159,7 +159,7 @@ export class ProxyEngine {
   /** Forwards `req` to `backend`; every outcome is handled inside. */
   forward(req: IncomingMessage, res: ServerResponse, backend: Backend, requestId: string, route: Route, target: string = req.url as string, cache?: CacheTransaction): void {
     const ex = new Exchange(this, req, res, requestId, isBodyless(req), route, target);
-    (res as WithExchange<ServerResponse>)[kExchange] = ex;
+    (res as WithExchange<ServerResponse>)[kOwner] = ex;
     ex.cache = cache;
     const retry = route.retry;
     if (!ex.bodyless && retry.bufferBody > 0 && retry.methods.has(req.method as string) && req.headers.trailer === undefined) {
@@ -214,7 +214,7 @@ export class ProxyEngine {
   /** Answers from the cache: `cache.stored` (a hit, or a stale stand-in when no backend is available). */
   serveFromCache(req: IncomingMessage, res: ServerResponse, requestId: string, route: Route, target: string, cache: CacheTransaction): void {
     const ex = new Exchange(this, req, res, requestId, true, route, target);
-    (res as WithExchange<ServerResponse>)[kExchange] = ex;
+    (res as WithExchange<ServerResponse>)[kOwner] = ex;
     ex.cache = cache;
     res.once('close', onClientClose);
     this.inFlight++;
@@ -276,7 +276,7 @@ export class ProxyEngine {
     (forwarder as unknown as { webPasses: unknown[] }).webPasses = [forwardPass];
     // The one error listener of this forwarder: every upstream failure arrives here.
     forwarder.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | import('node:net').Socket) => {
-      const ex = (res as WithExchange<ServerResponse>)[kExchange];
+      const ex = (res as WithExchange<ServerResponse>)[kOwner];
       if (ex !== undefined) this.onUpstreamError(ex, err as NodeJS.ErrnoException);
     });
     backend.forwarder = forwarder;
@@ -470,7 +470,7 @@ export class ProxyEngine {
       this.onUpstreamError(ex, Object.assign(new Error(`invalid response header: ${e.message}`), { code: h2 ? 'ERR_PROXYMITY_H2_HEADER' : 'HPE_INVALID_HEADER' }));
       return;
     }
-    (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
+    (pres as WithExchange<IncomingMessage>)[kOwner] = ex;
     pres.on('error', onUpstreamBodyError);
     if (tx?.storing === true) tx.capture(pres);
     if (rawHeader(pres.rawHeaders, 'trailer') === undefined) pres.pipe(res);
@@ -493,7 +493,7 @@ export class ProxyEngine {
       if (NOT_MODIFIED_FIELDS.has(n) || n === 'via' || n === 'x-request-id' || n === 'cache-status' || n === 'set-cookie') headers.push(built[i], built[i + 1]);
     }
     headers = this.finishHeaders(ex, headers);
-    (pres as WithExchange<IncomingMessage>)[kExchange] = ex;
+    (pres as WithExchange<IncomingMessage>)[kOwner] = ex;
     pres.on('error', onUpstreamBodyError);
     if (tx.storing) tx.capture(pres);
     pres.resume();
@@ -623,37 +623,24 @@ function upstreamHeaders(req: IncomingMessage, bodyless: boolean, backend: Backe
 
 /** The single http-proxy pass: starts the upstream request for the forwarder's backend. */
 function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBackend]: Backend }): boolean {
-  const ex = (res as WithExchange<ServerResponse>)[kExchange] as Exchange;
+  const ex = (res as WithExchange<ServerResponse>)[kOwner] as Exchange;
   const backend = options[kBackend];
   const url = req.url as string;
-  const requestOptions: http.RequestOptions = {
-    protocol: backend.protocol,
-    hostname: backend.hostname,
-    port: backend.port,
-    method: req.method,
-    path: backend.basePath === '' ? url : backend.basePath + url,
-    headers: upstreamHeaders(req, ex.bodyless, backend) as unknown as http.OutgoingHttpHeaders,
-    agent: backend.agent,
-  };
   let up: ClientRequest;
   let pooled = false;
   try {
     // Checked before the request takes a socket: a pooled one is already connected, so the body
     // can flow at once; on a new connection it waits for the connect (see below).
     pooled = backend.hasFreeSocket();
-    up = backend.protocol === 'https:' ? https.request(requestOptions) : http.request(requestOptions);
+    up = sendUpstream(backend, backend.agent, backend.port, req.method as string, backend.basePath === '' ? url : backend.basePath + url, upstreamHeaders(req, ex.bodyless, backend), ex, UPSTREAM_LISTENERS);
   } catch (err) {
     // Node validates the method, path and headers here; a request it cannot send is the client's fault.
     const e = err as NodeJS.ErrnoException;
     ex.engine.onUpstreamError(ex, Object.assign(new Error(e.message), { code: 'ERR_INVALID_REQUEST' }));
     return true;
   }
-  (up as WithExchange<ClientRequest>)[kExchange] = ex;
   ex.upstream = up;
   ex.attemptStartedAt = performance.now();
-  up.on('response', onUpstreamResponse);
-  up.on('error', onUpstreamError);
-  up.on('timeout', onUpstreamTimeout);
   const headerMs = ex.route.headerTimeoutMs;
   if (headerMs > 0) {
     if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
@@ -671,7 +658,7 @@ function forwardPass(req: IncomingMessage, res: ServerResponse, options: { [kBac
 
 function onUpstreamSocket(this: WithExchange<ClientRequest>, socket: import('node:net').Socket): void {
   const up = this;
-  const ex = up[kExchange];
+  const ex = up[kOwner];
   if (ex === undefined) return;
   if (!socket.connecting) startBody(ex, up);
   else socket.once(ex.backend?.protocol === 'https:' ? 'secureConnect' : 'connect', () => startBody(ex, up));
@@ -682,7 +669,7 @@ function startBody(ex: Exchange, up: ClientRequest): void {
   const req = ex.req;
   if (!ex.bodyStarted) {
     ex.bodyStarted = true;
-    (req as WithExchange<IncomingMessage>)[kExchange] = ex;
+    (req as WithExchange<IncomingMessage>)[kOwner] = ex;
     // Content-Length bodies were checked against maxBodySize up front; chunked ones are counted,
     // and every body is when the access log reports bytes_in or it is kept for a replay.
     if (ex.replay !== undefined || ex.engine.countBodies || (ex.route.maxBodySize > 0 && req.headers['content-length'] === undefined)) req.on('data', onRequestData);
@@ -702,7 +689,7 @@ function startBody(ex: Exchange, up: ClientRequest): void {
 }
 
 function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   const up = ex?.upstream;
   if (up === undefined || up.destroyed) return;
   up.addTrailers(this.trailers);
@@ -710,7 +697,7 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
 }
 
 function forwardResponseTrailers(this: WithExchange<IncomingMessage>): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   if (ex === undefined || ex.closed) return;
   try {
     ex.res.addTrailers(trailersFor(this.trailers, ex.req.httpVersionMajor === 2));
@@ -762,7 +749,7 @@ function forHttp2(headers: string[]): string[] {
 }
 
 function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   if (ex === undefined || ex.closed) return;
   ex.bodyBytes += chunk.length;
   const replay = ex.replay;
@@ -775,12 +762,12 @@ function onRequestData(this: WithExchange<IncomingMessage>, chunk: Buffer): void
 }
 
 function onUpstreamResponse(this: WithExchange<ClientRequest>, pres: IncomingMessage): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   if (ex !== undefined) ex.engine.onUpstreamResponse(ex, this, pres);
 }
 
 function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   if (ex === undefined || ex.upstream !== this) return; // a superseded attempt
   const forwarder = ex.backend?.forwarder as Forwarder | undefined;
   if (forwarder !== undefined) forwarder.emit('error', err, ex.req, ex.res, ex.backend?.url);
@@ -799,6 +786,9 @@ function onUpstreamTimeout(this: ClientRequest): void {
   err.code = connecting ? CONNECT_TIMEOUT : inBody ? BODY_IDLE_TIMEOUT : READ_TIMEOUT;
   this.destroy(err);
 }
+
+/** The upstream request's listeners (shared by every request; see upstream-request.ts). */
+const UPSTREAM_LISTENERS: UpstreamListeners = { response: onUpstreamResponse, error: onUpstreamError, timeout: onUpstreamTimeout };
 
 /** upstream.headerTimeout: the response headers did not arrive in time. */
 function onHeaderTimeout(ex: Exchange, up: ClientRequest): void {
@@ -827,7 +817,7 @@ function onTotalTimeout(ex: Exchange): void {
 }
 
 function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   if (ex === undefined || ex.closed) return;
   const up = ex.upstream;
   if (up !== undefined) onUpstreamError.call(up as WithExchange<ClientRequest>, err);
@@ -835,7 +825,7 @@ function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): v
 }
 
 function onClientClose(this: WithExchange<ServerResponse>): void {
-  const ex = this[kExchange];
+  const ex = this[kOwner];
   if (ex !== undefined) ex.engine.onClientClose(ex);
 }
 
