@@ -16,7 +16,7 @@ export class AppModule {
   static forRoot(config: ProxymityConfig, file?: string): DynamicModule {
     return {
       module: AppModule,
-      imports: [ConfigModule.forRoot(config, file), BackendModule, LoadBalancerModule, ProxyModule, HealthModule.forRoot(config.proxy.healthPath), MetricsModule, LoggingModule, ReloadModule, AdminModule, TlsModule],
+      imports: [ConfigModule.forRoot(config, file), BackendModule, LoadBalancerModule, ProxyModule, HealthModule, MetricsModule, LoggingModule, ReloadModule, AdminModule, TlsModule],
     };
   }
 }

@@ -1,8 +1,9 @@
 /**
- * The admin listener (`admin: {host, port}`): a second HTTP server that hands every request to
- * the same Express application as the proxy port, so Nest's controllers (/metrics, /backends,
- * /config, /health) answer there. On the proxy port only the health path ever reaches Express
- * (ProxyServerBinding), so admin endpoints never shadow a backend path.
+ * The admin listener (`admin: {host, port}`): a second HTTP server. /health and /metrics, which
+ * orchestrators and Prometheus poll all day, are answered on the raw request (see
+ * health-endpoint.service.ts for why); every other request goes to the same Express application
+ * as the proxy port, so Nest's controllers (/backends, /config, /cache) answer there. On the
+ * proxy port nothing reaches Express, so admin endpoints never shadow a backend path.
  *
  * It stays up while the proxy drains (metrics remain scrapable) and closes last.
  */
@@ -12,6 +13,8 @@ import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplica
 import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
+import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
+import { MetricsEndpoint } from './metrics-endpoint.js';
 
 /** Thrown when the admin listener cannot listen; main.ts prints its message. */
 export class AdminListenError extends Error {
@@ -32,6 +35,8 @@ export class AdminServer implements OnApplicationBootstrap, OnApplicationShutdow
 
   constructor(
     private readonly adapterHost: HttpAdapterHost,
+    private readonly proxy: ProxyMiddleware,
+    private readonly metrics: MetricsEndpoint,
     @Inject(PROXYMITY_CONFIG) private readonly cfg: ProxymityConfig,
   ) {}
 
@@ -39,7 +44,17 @@ export class AdminServer implements OnApplicationBootstrap, OnApplicationShutdow
     const { enabled, host, port } = this.cfg.admin;
     if (!enabled) return;
     const express = this.adapterHost.httpAdapter.getInstance() as http.RequestListener;
-    const server = http.createServer({ maxHeaderSize: 16 * 1024 }, express);
+    const { proxy, metrics } = this;
+    const server = http.createServer({ maxHeaderSize: 16 * 1024 }, (req, res) => {
+      const url = req.url ?? '';
+      if (proxy.isOwnPath(url)) {
+        proxy.prepare(req);
+        proxy.serveOwn(req, res, express);
+      } else if (url === '/metrics' || url.startsWith('/metrics?')) {
+        proxy.prepare(req);
+        metrics.serve(req, res);
+      } else express(req, res);
+    });
     server.keepAliveTimeout = 5_000;
     server.headersTimeout = 10_000;
     server.requestTimeout = 30_000;

@@ -9,6 +9,8 @@ export function adminToken(cfg: ProxymityConfig): string | undefined {
   return cfg.admin.token ?? (process.env.PROXYMITY_ADMIN_TOKEN || undefined);
 }
 
+export const UNAUTHORIZED = 'admin endpoints need "Authorization: Bearer <admin.token>"';
+
 /**
  * Admin endpoints (all but /health) require `Authorization: Bearer <admin token>` when a token
  * is configured; one must be when the listener is bound beyond loopback (checked at load).
@@ -23,11 +25,16 @@ export class AdminTokenGuard implements CanActivate {
   }
 
   canActivate(context: ExecutionContext): boolean {
+    if (this.accepts(context.switchToHttp().getRequest<IncomingMessage>().headers.authorization)) return true;
+    throw new UnauthorizedException(UNAUTHORIZED);
+  }
+
+  /** True when no token is configured, or `authorization` carries it. */
+  accepts(authorization: string | undefined): boolean {
     const expected = this.token;
     if (expected === undefined) return true;
-    const header = context.switchToHttp().getRequest<IncomingMessage>().headers.authorization ?? '';
+    const header = authorization ?? '';
     const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7).trim() : '');
-    if (given.length === expected.length && timingSafeEqual(given, expected)) return true;
-    throw new UnauthorizedException('admin endpoints need "Authorization: Bearer <admin.token>"');
+    return given.length === expected.length && timingSafeEqual(given, expected);
   }
 }

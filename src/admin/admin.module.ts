@@ -6,15 +6,15 @@ import { ProxyModule } from '../proxy/proxy.module.js';
 import { ReloadModule } from '../reload/reload.module.js';
 import { AdminController } from './admin.controller.js';
 import { CacheController } from './cache.controller.js';
-import { MetricsController } from './metrics.controller.js';
+import { MetricsEndpoint } from './metrics-endpoint.js';
 import { AdminServer } from './admin-server.service.js';
 import { AdminTokenGuard } from './admin-token.guard.js';
 
 /** The admin listener, /metrics and the state endpoints; /health comes from HealthModule. */
 @Module({
   imports: [BackendModule, CacheModule, ProxyModule, MetricsModule, ReloadModule],
-  controllers: [AdminController, CacheController, MetricsController],
-  providers: [AdminServer, AdminTokenGuard],
+  controllers: [AdminController, CacheController],
+  providers: [AdminServer, AdminTokenGuard, MetricsEndpoint],
   exports: [AdminServer],
 })
 export class AdminModule {}

@@ -34,7 +34,7 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
     const logger = this.logger;
     server.on('request', function proxymityRequest(req: IncomingMessage, res: ServerResponse) {
       try {
-        if (!proxy.handle(req, res)) express(req, res);
+        if (!proxy.handle(req, res)) proxy.serveOwn(req, res, express);
       } catch (err) {
         // A bug, not an expected outcome: answer this one request and keep serving.
         logger.error(`unexpected error handling ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);

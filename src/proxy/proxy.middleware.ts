@@ -41,6 +41,34 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
     this.maxUrlLength = cfg.proxy.maxUrlLength;
   }
 
+  /** The health endpoint (HealthModule registers it; it answers on the raw request). */
+  private ownEndpoint: ((req: IncomingMessage, res: ServerResponse) => void) | undefined = undefined;
+
+  serveOwnPathWith(endpoint: (req: IncomingMessage, res: ServerResponse) => void): void {
+    this.ownEndpoint = endpoint;
+  }
+
+  /** True for the proxy's own path (`proxy.healthPath`, with or without a query). */
+  isOwnPath(url: string): boolean {
+    const own = this.ownPath;
+    return url.startsWith(own) && (url.length === own.length || url.charCodeAt(own.length) === QUESTION);
+  }
+
+  /** Answers a request `handle` left alone: the registered endpoint, else `fallback` (Express). */
+  serveOwn(req: IncomingMessage, res: ServerResponse, fallback: (req: IncomingMessage, res: ServerResponse) => void): void {
+    (this.ownEndpoint ?? fallback)(req, res);
+  }
+
+  /**
+   * The header work every request gets first (hop-by-hop fields, X-Forwarded-*, Via, the
+   * request id), which is returned. The proxy's own endpoints get it too: besides the request
+   * id on their answers, their requests then have the shape of proxied ones (see
+   * src/health/health-endpoint.service.ts).
+   */
+  prepare(req: IncomingMessage): string {
+    return prepareRequestHeaders(req, (req.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', this.policy);
+  }
+
   /** Nest's middleware contract; the server binding calls `handle` directly. */
   use(req: IncomingMessage, res: ServerResponse, next: () => void): void {
     if (!this.handle(req, res)) next();
@@ -49,10 +77,8 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
   /** Proxies the request and returns true, or returns false for the proxy's own endpoints. */
   handle(req: IncomingMessage, res: ServerResponse): boolean {
     const url = req.url as string;
-    const own = this.ownPath;
-    if (url.startsWith(own) && (url.length === own.length || url.charCodeAt(own.length) === QUESTION)) return false;
-
-    const requestId = prepareRequestHeaders(req, (req.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', this.policy);
+    const requestId = this.prepare(req);
+    if (this.isOwnPath(url)) return false;
     if (url.length > this.maxUrlLength) {
       this.engine.reject(req, res, 'uri_too_long', requestId);
       return true;

@@ -70,13 +70,8 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
     const handle = (req: IncomingMessage, res: ServerResponse): void => {
       try {
         if (req.httpVersionMajor === 2) fromHttp2(req);
-        // The proxy's own endpoints go to Express over HTTP/1.1; Express cannot serve HTTP/2 requests.
-        if (!proxy.handle(req, res)) {
-          if (req.httpVersionMajor === 2) {
-            res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
-            res.end('404 Not Found: use HTTP/1.1, the plain listener or the admin listener for this endpoint\n');
-          } else express(req, res);
-        }
+        // The proxy's own endpoint (health) answers on the raw request, over HTTP/1.1 and HTTP/2.
+        if (!proxy.handle(req, res)) proxy.serveOwn(req, res, express);
       } catch (err) {
         logger.error(`unexpected error handling ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
         if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });

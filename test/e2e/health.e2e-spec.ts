@@ -27,6 +27,26 @@ describe('active health checks', () => {
     assert.equal(s.body.status, 'ok');
   });
 
+  it('answers GET and HEAD, uncacheable, on both listeners; other methods get 405 with Allow', async () => {
+    for (const base of [fx.sut.url, fx.sut.adminUrl as string]) {
+      const get = await request(`${base}/health?probe=1`);
+      assert.equal(get.status, 200);
+      assert.equal(get.headers['content-type'], 'application/json; charset=utf-8');
+      assert.equal(get.headers['cache-control'], 'no-store');
+      assert.equal(Number(get.headers['content-length']), Buffer.byteLength(get.body));
+      const head = await request(`${base}/health`, { method: 'HEAD' });
+      assert.equal(head.status, 200);
+      assert.equal(head.body, '');
+      assert.equal(head.headers['content-length'], get.headers['content-length']);
+      const post = await request(`${base}/health`, { method: 'POST' });
+      assert.equal(post.status, 405);
+      assert.equal(post.headers.allow, 'GET, HEAD');
+    }
+    const post = await request(`${fx.sut.adminUrl}/metrics`, { method: 'POST' });
+    assert.equal(post.status, 405);
+    assert.equal(post.headers.allow, 'GET, HEAD');
+  });
+
   it('takes a backend out after unhealthyThreshold failed probes and sends it no traffic', async () => {
     fx.backends[0].healthy = false;
     const s = await pollUntil(() => healthState(fx.sut.url), (x) => x.states === 'down,up', { timeoutMs: 6000, what: 'b1 down' });
