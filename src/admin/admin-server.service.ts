@@ -45,15 +45,23 @@ export class AdminServer implements OnApplicationBootstrap, OnApplicationShutdow
     if (!enabled) return;
     const express = this.adapterHost.httpAdapter.getInstance() as http.RequestListener;
     const { proxy, metrics } = this;
+    const logger = this.logger;
     const server = http.createServer({ maxHeaderSize: 16 * 1024 }, (req, res) => {
-      const url = req.url ?? '';
-      if (proxy.isOwnPath(url)) {
-        proxy.prepare(req);
-        proxy.serveOwn(req, res, express);
-      } else if (url === '/metrics' || url.startsWith('/metrics?')) {
-        proxy.prepare(req);
-        metrics.serve(req, res);
-      } else express(req, res);
+      try {
+        const url = req.url ?? '';
+        if (proxy.isOwnPath(url)) {
+          proxy.prepare(req);
+          proxy.serveOwn(req, res, express);
+        } else if (url === '/metrics' || url.startsWith('/metrics?')) {
+          proxy.prepare(req);
+          metrics.serve(req, res);
+        } else express(req, res);
+      } catch (err) {
+        // A bug, not an outcome: answer this one request and keep serving.
+        logger.error(`unexpected error handling admin ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
+        res.end('500 Internal Server Error\n');
+      }
     });
     server.keepAliveTimeout = 5_000;
     server.headersTimeout = 10_000;

@@ -64,7 +64,9 @@ export function sendLikeProxied(res: ServerResponse, status: number, headers: st
   headers.push('content-length', String(bytes.length));
   const id = (res.req as IncomingMessage | undefined)?.headers['x-request-id'];
   if (typeof id === 'string') headers.push('x-request-id', id);
-  res.writeHead(status, STATUS_CODES[status] ?? '', headers);
+  // HTTP/2 has no reason phrase (Node warns when one is given), as in the engine.
+  if ((res.req as IncomingMessage | undefined)?.httpVersionMajor === 2) res.writeHead(status, headers);
+  else res.writeHead(status, STATUS_CODES[status] ?? '', headers);
   if (!headOnly) res.write(bytes);
   res.end();
 }

@@ -85,7 +85,8 @@ export class HealthProbeService implements OnApplicationShutdown {
       const e = err as NodeJS.ErrnoException;
       detail = e.code === 'PROBE_TIMEOUT' ? e.message : `${e.code ?? e.name}: ${e.message}`;
     }
-    if (this.stopped) return;
+    // Shutting down, or removed by a reload meanwhile (its probe agent was closed under the probe).
+    if (this.stopped || b.retired) return;
     this.registry.reportProbe(b, ok, detail, Math.round(performance.now() - started));
   }
 

@@ -2,7 +2,7 @@
  * DATA PLANE entry. A DI-built Nest middleware, but mounted on the HTTP server's `request`
  * event ahead of Express (ProxyServerBinding): Express routing on this path measured at half
  * the throughput and seven times the p99, and in a `forRoutes('*')` middleware Express rewrites
- * `req.url` to "/". Only the proxy's own endpoints (the health path) go on to Express and Nest.
+ * `req.url` to "/". The proxy's own path (health) goes to HealthEndpoint, also without Express.
  *
  * Synchronous, never throws (the caller guards anyway), no async, no next() after forwarding.
  */

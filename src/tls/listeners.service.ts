@@ -3,8 +3,8 @@
  * server with HTTP/1.1 fallback, ALPN h2 and http/1.1, TLS 1.2 minimum, certificates by SNI),
  * and plain-HTTP listeners that redirect to HTTPS (308, path and query kept).
  *
- * Requests on an HTTPS listener take the same path as on the plain one (ProxyMiddleware, then
- * Express for the proxy's own endpoints over HTTP/1.1). For HTTP/2 requests the pseudo-headers
+ * Requests on an HTTPS listener take the same path as on the plain one (ProxyMiddleware, and
+ * HealthEndpoint for the health path, over HTTP/1.1 and HTTP/2). For HTTP/2 requests the pseudo-headers
  * are translated first: `:authority` becomes Host, and no pseudo-header goes upstream.
  *
  * Certificates are re-read when their files change and on SIGHUP; a bad set is refused (logged

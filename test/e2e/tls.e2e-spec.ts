@@ -125,6 +125,25 @@ listeners:
     }
   });
 
+  it('answers /health over HTTP/2 itself, without a reason phrase (no Node warning)', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    const client = http2.connect(`https://127.0.0.1:${port}`, { ca: readFileSync(ca.caCert), servername: 'a.test' });
+    client.on('error', () => undefined); // reported through the request
+    try {
+      const { headers, body } = await h2Request(client, { ':path': '/health', ':method': 'GET', ':authority': `a.test:${port}` });
+      assert.equal(headers[':status'], 200);
+      assert.equal(headers['cache-control'], 'no-store');
+      assert.equal(JSON.parse(body).status, 'ok');
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(warnings.filter((m) => /status message/i.test(m)), []);
+    } finally {
+      process.off('warning', onWarning);
+      client.close();
+    }
+  });
+
   it('proxies WebSockets over TLS (wss)', async () => {
     // The chain is verified against the test CA; the name check is skipped (the URL is an IP address).
     const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, { ca: readFileSync(ca.caCert), checkServerIdentity: (() => undefined) as never });
