@@ -3,8 +3,13 @@
  * real @Cron tick. Nothing is faked; waits use pollUntil.
  */
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, describe, it } from 'node:test';
 import type { RunningProxymity } from '../../src/proxymity.js';
+import { BackendRegistry, type Backend } from '../../src/backend/index.js';
+import { parseConfig } from '../../src/config/index.js';
+import { ReloadService } from '../../src/reload/index.js';
 import { closeAll, DummyBackend, startBackends } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
 import { pollUntil } from '../helpers/poll-until.js';
@@ -195,5 +200,38 @@ describe('health check options', () => {
     await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,down', { timeoutMs: 3000, what: 'b2 down' });
     backends[1].behave();
     await pollUntil(() => healthState(sut.url), (x) => x.states === 'up,up', { timeoutMs: 4000, what: 'b2 back within seconds' });
+  });
+});
+
+describe('a probe in flight when a reload removes its backend', () => {
+  it('is not reported: the removed backend is not marked down by its cut probe', async () => {
+    // b1 holds every health probe open until released; proxied requests are answered at once.
+    const held: http.ServerResponse[] = [];
+    const b1 = http.createServer((req, res) => {
+      if (req.url === '/health') held.push(res);
+      else res.end('ok');
+    });
+    await new Promise<void>((resolve) => b1.listen(0, '127.0.0.1', resolve));
+    const [b2] = await startBackends(1);
+    const b1Url = `http://127.0.0.1:${(b1.address() as AddressInfo).port}`;
+    const sut = await startProxy([b1Url, b2.url], 'healthCheck: {interval: 1s, timeout: 30s, unhealthyThreshold: 1}');
+    try {
+      const registry = sut.app.get(BackendRegistry);
+      const removed = registry.all.find((b) => b.id === 'b1') as Backend;
+      await pollUntil(() => held.length, (n) => n >= 1, { timeoutMs: 5000, what: 'a probe held by b1' });
+      const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend:\n  - {name: b2, url: "${b2.url}"}\nhealthCheck: {interval: 1s, timeout: 30s, unhealthyThreshold: 1}\n`;
+      const result = sut.app.get(ReloadService).apply(parseConfig(withAdminPortZero(yaml), 'reload.yaml'), 'test');
+      assert.equal(result.result, 'success', result.details.join('; '));
+      // Idle, the removed backend is closed (its probe agent with it), which cuts the held probe.
+      await pollUntil(() => held.every((r) => r.socket === null || r.socket.destroyed), (cut) => cut, { timeoutMs: 5000, what: 'the held probe to be cut' });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.equal(removed.probesFailed, 0, `the cut probe was counted: ${removed.lastProbe?.detail}`);
+      assert.equal(removed.healthy, true, 'the removed backend was marked down by its cut probe');
+    } finally {
+      await sut.close();
+      b1.closeAllConnections();
+      await new Promise((resolve) => b1.close(resolve));
+      await closeAll([b2]);
+    }
   });
 });
