@@ -4,6 +4,10 @@
  * After the table, Proxymity and the bare script are loaded at the same time for the small and
  * 16 KiB GETs (paired.bench.ts): the steady ratio on a machine whose speed drifts.
  *
+ * Then both again at the same fixed request rate, below saturation (fixed-rate.bench.ts, h2load):
+ * the ratio of their CPU per request and their latency without wrk's queue. --fixed-rounds N
+ * (0 skips), --rate N (requests per second offered to each, default 1920).
+ *
  * --no-ws skips, and --ws-only runs only, the WebSocket comparison (messages/s direct vs
  * through Proxymity, test/bench/ws.bench.ts), which otherwise runs at the end.
  *
@@ -31,6 +35,7 @@ import http from 'node:http';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fixedRateRun, h2loadMissing, renderFixedRate, type FixedRateResult } from './fixed-rate.bench.js';
 import { pairedRun, renderPaired, type PairedResult } from './paired.bench.js';
 import { benchPicks, type PickResult } from './pick.bench.js';
 import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
@@ -96,6 +101,9 @@ interface Options {
   wsOnly: boolean;
   /** Rounds of the paired Proxymity-and-bare comparison (0 = skip; --paired-rounds N, --no-paired). */
   pairedRounds: number;
+  /** Rounds of the fixed-rate comparison (0 = skip; --fixed-rounds N), and the rate offered to each (--rate N, a multiple of 32). */
+  fixedRounds: number;
+  rate: number;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -120,8 +128,13 @@ function parseOptions(argv: string[]): Options {
     ws: !argv.includes('--no-ws'),
     wsOnly: argv.includes('--ws-only'),
     pairedRounds: argv.includes('--no-paired') ? 0 : Number(val('--paired-rounds') ?? (quick ? 3 : 8)),
+    fixedRounds: Number(val('--fixed-rounds') ?? (quick ? 3 : 8)),
+    rate: Number(val('--rate') ?? FIXED_RATE_CLIENTS * 60),
   };
 }
+
+/** h2load connections per proxy in the fixed-rate comparison. */
+const FIXED_RATE_CLIENTS = 32;
 
 interface Target {
   name: string;
@@ -404,9 +417,10 @@ function ratio(a: number | undefined, b: number | undefined): string {
 
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
-  for (const [flag, value, min] of [['--rounds', opts.rounds, 1], ['--paired-rounds', opts.pairedRounds, 0], ['--connections', opts.connections, 2], ['--stream-mib', opts.streamMiB, 1]] as const) {
+  for (const [flag, value, min] of [['--rounds', opts.rounds, 1], ['--paired-rounds', opts.pairedRounds, 0], ['--fixed-rounds', opts.fixedRounds, 0], ['--rate', opts.rate / FIXED_RATE_CLIENTS, 1], ['--connections', opts.connections, 2], ['--stream-mib', opts.streamMiB, 1]] as const) {
     if (!Number.isInteger(value) || value < min) {
-      console.error(`${flag} must be a whole number of at least ${min} (got ${String(value)})`);
+      if (flag === '--rate') console.error(`--rate must be a multiple of ${FIXED_RATE_CLIENTS} (one rate per h2load connection; got ${String(opts.rate)})`);
+      else console.error(`${flag} must be a whole number of at least ${min} (got ${String(value)})`);
       process.exit(2);
     }
   }
@@ -491,6 +505,15 @@ async function main(): Promise<void> {
       process.stdout.write('\n');
     }
 
+    const fixed: FixedRateResult[] = [];
+    const noH2load = opts.fixedRounds > 0 ? h2loadMissing() : undefined;
+    if (opts.fixedRounds > 0 && noH2load === undefined && px?.pid !== undefined && bare?.pid !== undefined) {
+      for (const scenario of scenarios.filter((x) => x.name === 'small GET (3 B)' || x.name === '16 KiB GET')) {
+        fixed.push(await fixedRateRun(px, bare, scenario, { rounds: opts.fixedRounds, durationS: opts.quick ? 2 : 4, clients: FIXED_RATE_CLIENTS, rpsPerClient: opts.rate / FIXED_RATE_CLIENTS, tmpDir: tmp }));
+      }
+      process.stdout.write('\n');
+    }
+
     const streams: StreamRow[] = [];
     for (const t of opts.noStream ? [] : targets.filter((x) => x.pid !== undefined)) {
       streams.push(await stream(t, 'upload', opts.streamMiB));
@@ -500,12 +523,12 @@ async function main(): Promise<void> {
     const picks = benchPicks(opts.quick ? 200 : 400);
     const h2 = opts.tls ? await runH2load(targets.find((t) => t.name === 'proxymity (https)'), opts) : undefined;
     const ws = opts.ws ? await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 }) : undefined;
-    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...renderPaired(paired, median), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
+    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...renderPaired(paired, median), ...renderFixedRate(fixed, median), ...(noH2load ? ['', noH2load] : []), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
     console.log(md);
     const dir = join(ROOT, 'bench-results');
     mkdirSync(dir, { recursive: true });
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, paired, streams, picks, websocket: ws }, null, 2));
+    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, paired, fixedRate: fixed, streams, picks, websocket: ws }, null, 2));
     writeFileSync(join(dir, `${stamp}.md`), md);
     console.log(`written: bench-results/${stamp}.json and .md`);
   } finally {
