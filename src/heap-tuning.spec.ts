@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
-import { growingPercentFor, HEADROOM_BYTES, operatorFlags } from './heap-tuning.js';
+import { growingPercentFor, HEADROOM_BYTES, operatorFlags, operatorMalloc, raiseMallocThresholds } from './heap-tuning.js';
+
+const run = promisify(execFile);
 
 const MIB = 1024 * 1024;
 
@@ -44,5 +48,61 @@ describe(operatorFlags.name, () => {
 
   it('ignores everything else', () => {
     assert.deepEqual(operatorFlags(['--max-old-space-size=512', '--enable-source-maps', '--predictable-x'], '--trace-warnings'), { young: false, growing: false });
+  });
+});
+
+describe(operatorMalloc.name, () => {
+  it('finds glibc malloc settings in the environment', () => {
+    assert.equal(operatorMalloc({ MALLOC_TRIM_THRESHOLD_: '1048576' }), true);
+    assert.equal(operatorMalloc({ MALLOC_MMAP_THRESHOLD_: '65536' }), true);
+    assert.equal(operatorMalloc({ MALLOC_TOP_PAD_: '0' }), true);
+    assert.equal(operatorMalloc({ GLIBC_TUNABLES: 'glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1048576' }), true);
+  });
+
+  it('ignores everything else', () => {
+    assert.equal(operatorMalloc({ MALLOC_ARENA_MAX: '2', GLIBC_TUNABLES: 'glibc.pthread.rseq=0', PATH: '/usr/bin' }), false);
+    assert.equal(raiseMallocThresholds({ MALLOC_TRIM_THRESHOLD_: '1048576' }), false);
+  });
+});
+
+describe(raiseMallocThresholds.name, () => {
+  /**
+   * In a fresh Node process: a 5 MiB Buffer is its own mmap (glibc's threshold is 128 KiB) unless
+   * raiseMallocThresholds ran first, after which glibc serves it from its heap. Read from the
+   * process's own /proc/self/maps: a new anonymous mapping of the buffer's size, or none.
+   */
+  const probe = async (raise: boolean, env: NodeJS.ProcessEnv = {}) => {
+    const script = `
+      import { readFileSync } from 'node:fs';
+      import { setTimeout as delay } from 'node:timers/promises';
+      const { raiseMallocThresholds } = await import(${JSON.stringify(new URL('./heap-tuning.js', import.meta.url).href)});
+      const acted = ${raise} ? raiseMallocThresholds() : false;
+      // The dropped block is freed when V8 collects its Buffer (the sweep may finish off-thread).
+      for (let i = 0; i < 3; i++) { gc(); await delay(20); }
+      const anonymous = () => new Set(readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l !== '' && l.trim().split(/\\s+/).length === 5).map((l) => l.split(' ')[0]));
+      const before = anonymous();
+      const size = 5 * 1024 * 1024 + 12345;
+      const buf = Buffer.allocUnsafeSlow(size);
+      buf.fill(1);
+      const fresh = [...anonymous()].filter((r) => !before.has(r)).map((r) => { const [a, b] = r.split('-').map((x) => parseInt(x, 16)); return b - a; });
+      console.log(JSON.stringify({ acted, ownMapping: fresh.some((n) => n >= size && n <= size + 3 * 4096), glibc: process.report.getReport().header.glibcVersionRuntime ?? null, kept: buf.length }));
+    `;
+    const { stdout } = await run(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { env: { PATH: process.env.PATH, ...env } });
+    return JSON.parse(stdout) as { acted: boolean; ownMapping: boolean; glibc: string | null };
+  };
+
+  it('makes glibc serve the next multi-MiB allocation from its heap instead of a fresh mmap', async () => {
+    const plain = await probe(false);
+    assert.ok(plain.glibc !== null, 'this check reads glibc behaviour; the machine runs another C library');
+    assert.equal(plain.ownMapping, true, 'without the primer a 5 MiB buffer is mmap\'d on its own');
+    const primed = await probe(true);
+    assert.equal(primed.acted, true);
+    assert.equal(primed.ownMapping, false, 'after the primer glibc serves 5 MiB from its heap');
+  });
+
+  it('leaves an operator\'s malloc settings alone', async () => {
+    const theirs = await probe(true, { MALLOC_MMAP_THRESHOLD_: '131072' });
+    assert.equal(theirs.acted, false);
+    assert.equal(theirs.ownMapping, true);
   });
 });

@@ -27,7 +27,25 @@
  *    so up to 64 MiB more garbage can stay resident until V8's memory reducer runs; and with any
  *    V8 flag changed at run time Node compiles the built-in modules it loads afterwards from
  *    source instead of its code cache (boot time did not change measurably).
- * Measurements: docs/benchmarks.md#heap-tuning.
+ *
+ * 3. Keep the C heap's freed top instead of handing it back to the kernel after every burst of
+ *    frees (raiseMallocThresholds). Every socket read gets a malloc'd buffer, freed in batches
+ *    when V8 collects the Buffers holding them. glibc returns the top of its heap to the kernel
+ *    whenever more than its trim threshold is free there (128 KiB to begin with), and the next
+ *    reads fault those pages in again: 3.4-5.5 page faults per proxied 16 KiB response under load.
+ *    glibc raises that threshold by itself the first time it frees a block it had mmap'd
+ *    (mallopt(3), M_MMAP_THRESHOLD: the mmap threshold becomes the block's size and the trim
+ *    threshold twice that, up to 32 and 64 MiB); a process that never freed such a block keeps
+ *    128 KiB. Which a proxy became depended on what it happened to allocate: the same build, started
+ *    twice, served 16 KiB GETs at 0.5-0.75× or at 1.0× the other's requests per CPU-second. So the
+ *    proxy allocates and drops one block just under 32 MiB as it starts; the next collection
+ *    frees it. Measured: 0-0.2 faults per request, and 0.99-1.14× the bare script's requests per
+ *    CPU-second, where it had been 0.44-0.66×. Cost: up to 64 MiB of freed C heap stays resident
+ *    after a burst (173 MiB RSS under that load, against 135-155 before). Left alone when the
+ *    operator tuned malloc (MALLOC_*_ variables, GLIBC_TUNABLES: glibc then adjusts nothing
+ *    itself); other C libraries (musl) have no such thresholds, and one large allocation there
+ *    is just that.
+ * Measurements: docs/benchmarks.md#heap-tuning and docs/benchmarks.md#page-faults-and-the-c-heap.
  */
 import { constants, PerformanceObserver } from 'node:perf_hooks';
 import v8 from 'node:v8';
@@ -57,6 +75,27 @@ export function operatorFlags(execArgv: readonly string[], nodeOptions: string |
 }
 
 const byOperator = operatorFlags(process.execArgv, process.env.NODE_OPTIONS);
+
+/** True when the operator tuned glibc's malloc through the environment (then glibc's thresholds stay where they put them). */
+export function operatorMalloc(env: NodeJS.ProcessEnv): boolean {
+  return Object.keys(env).some((k) => /^MALLOC_(TRIM_THRESHOLD|TOP_PAD|MMAP_THRESHOLD|MMAP_MAX)_$/.test(k)) || /\bglibc\.malloc\./.test(env.GLIBC_TUNABLES ?? '');
+}
+
+/** The size of the block raiseMallocThresholds drops: glibc adjusts for freed mmap'd blocks up to 32 MiB (its DEFAULT_MMAP_THRESHOLD_MAX). */
+export const MALLOC_PRIMER_BYTES = 32 * MIB - 64 * 1024;
+
+/**
+ * Allocates and drops one malloc'd block just under 32 MiB (see 3. above); V8 frees it at its
+ * next collection, and glibc then raises its mmap and trim thresholds. Returns false, doing
+ * nothing, when the operator tuned malloc.
+ */
+export function raiseMallocThresholds(env: NodeJS.ProcessEnv = process.env): boolean {
+  if (operatorMalloc(env)) return false;
+  // allocUnsafeSlow: its own malloc'd block, not a slice of Node's pool. Touched once, so that
+  // it is a real allocation whatever the C library does with untouched ones.
+  Buffer.allocUnsafeSlow(MALLOC_PRIMER_BYTES)[0] = 1;
+  return true;
+}
 
 let holding = false;
 
