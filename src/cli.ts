@@ -2,7 +2,7 @@
  * The command line (main.ts runs it): read the config, start the app, handle signals. The
  * commands and flags are in USAGE below.
  */
-import { endBootHeap, keepHeadroom } from './heap-tuning.js';
+import { endBootHeap, keepHeadroom, raiseMallocThresholds } from './heap-tuning.js';
 import { Logger, type LogLevel } from '@nestjs/common';
 import { AdminListenError } from './admin/index.js';
 import { ConfigError, configJsonSchema, configVersion, diffConfigs, loadConfigFile, redactSecrets, resolveConfigPath, summarize, type ProxymityConfig } from './config/index.js';
@@ -88,6 +88,7 @@ async function main(argv: string[]): Promise<void> {
   }
   endBootHeap();
   keepHeadroom();
+  raiseMallocThresholds();
   const pools = Object.values(config.pools);
   const enabled = pools.reduce((n, p) => n + p.backends.filter((b) => b.enabled).length, 0);
   const strategies = [...new Set(pools.map((p) => p.strategy))].join('/');

@@ -4,13 +4,12 @@
  *
  *   proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]   (see cli.ts)
  *
- * It primes glibc's malloc thresholds and keeps V8's young generation from growing while Nest
- * loads (heap-tuning.ts), then runs the command line. cli.ts is imported dynamically on purpose: a static import would load and parse
+ * It keeps V8's young generation from growing while Nest loads (heap-tuning.ts), then runs the
+ * command line. cli.ts is imported dynamically on purpose: a static import would load and parse
  * Nest and every module of the proxy before the first line here runs.
  */
-import { holdBootHeap, raiseMallocThresholds, watchLiveSize } from './heap-tuning.js';
+import { holdBootHeap, watchLiveSize } from './heap-tuning.js';
 
-raiseMallocThresholds();
 holdBootHeap();
 watchLiveSize();
 await import('./cli.js');
