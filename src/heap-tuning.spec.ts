@@ -52,15 +52,17 @@ describe(operatorFlags.name, () => {
 });
 
 describe(operatorMalloc.name, () => {
-  it('finds glibc malloc settings in the environment', () => {
+  it('finds the glibc malloc settings that stop glibc adjusting its thresholds', () => {
     assert.equal(operatorMalloc({ MALLOC_TRIM_THRESHOLD_: '1048576' }), true);
     assert.equal(operatorMalloc({ MALLOC_MMAP_THRESHOLD_: '65536' }), true);
     assert.equal(operatorMalloc({ MALLOC_TOP_PAD_: '0' }), true);
-    assert.equal(operatorMalloc({ GLIBC_TUNABLES: 'glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1048576' }), true);
+    assert.equal(operatorMalloc({ MALLOC_MMAP_MAX_: '0' }), true);
+    for (const t of ['trim_threshold', 'top_pad', 'mmap_threshold', 'mmap_max']) assert.equal(operatorMalloc({ GLIBC_TUNABLES: `glibc.pthread.rseq=0:glibc.malloc.${t}=1048576` }), true, t);
   });
 
-  it('ignores everything else', () => {
+  it('ignores everything else, other malloc tunables included', () => {
     assert.equal(operatorMalloc({ MALLOC_ARENA_MAX: '2', GLIBC_TUNABLES: 'glibc.pthread.rseq=0', PATH: '/usr/bin' }), false);
+    assert.equal(operatorMalloc({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0' }), false);
     assert.equal(raiseMallocThresholds({ MALLOC_TRIM_THRESHOLD_: '1048576' }), false);
   });
 });
@@ -69,7 +71,7 @@ describe(raiseMallocThresholds.name, () => {
   /**
    * In a fresh Node process: a 5 MiB Buffer is its own mmap (glibc's threshold is 128 KiB) unless
    * raiseMallocThresholds ran first, after which glibc serves it from its heap. Read from the
-   * process's own /proc/self/maps: a new anonymous mapping of the buffer's size, or none.
+   * process's own /proc/self/maps: anonymous mappings grown by at least the buffer's size, or not.
    */
   const probe = async (raise: boolean, env: NodeJS.ProcessEnv = {}) => {
     const script = `
@@ -79,25 +81,27 @@ describe(raiseMallocThresholds.name, () => {
       const acted = ${raise} ? raiseMallocThresholds() : false;
       // The dropped block is freed when V8 collects its Buffer (the sweep may finish off-thread).
       for (let i = 0; i < 3; i++) { gc(); await delay(20); }
-      const anonymous = () => new Set(readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l !== '' && l.trim().split(/\\s+/).length === 5).map((l) => l.split(' ')[0]));
-      const before = anonymous();
+      // Bytes in anonymous mappings without a name ([heap], the brk heap, is named). A new mmap
+      // may merge with a neighbouring mapping, so the total is compared, not the ranges.
+      const anonymousBytes = () => readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l !== '' && l.trim().split(/\\s+/).length === 5).reduce((n, l) => { const [a, b] = l.split(' ')[0].split('-').map((x) => parseInt(x, 16)); return n + (b - a); }, 0);
+      const before = anonymousBytes();
       const size = 5 * 1024 * 1024 + 12345;
       const buf = Buffer.allocUnsafeSlow(size);
       buf.fill(1);
-      const fresh = [...anonymous()].filter((r) => !before.has(r)).map((r) => { const [a, b] = r.split('-').map((x) => parseInt(x, 16)); return b - a; });
-      console.log(JSON.stringify({ acted, ownMapping: fresh.some((n) => n >= size && n <= size + 3 * 4096), glibc: process.report.getReport().header.glibcVersionRuntime ?? null, kept: buf.length }));
+      const added = anonymousBytes() - before;
+      console.log(JSON.stringify({ acted, ownMapping: added >= size, added, glibc: process.report.getReport().header.glibcVersionRuntime ?? null, kept: buf.length }));
     `;
     const { stdout } = await run(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { env: { PATH: process.env.PATH, ...env } });
-    return JSON.parse(stdout) as { acted: boolean; ownMapping: boolean; glibc: string | null };
+    return JSON.parse(stdout) as { acted: boolean; ownMapping: boolean; added: number; glibc: string | null };
   };
 
   it('makes glibc serve the next multi-MiB allocation from its heap instead of a fresh mmap', async () => {
     const plain = await probe(false);
     assert.ok(plain.glibc !== null, 'this check reads glibc behaviour; the machine runs another C library');
-    assert.equal(plain.ownMapping, true, 'without the primer a 5 MiB buffer is mmap\'d on its own');
+    assert.equal(plain.ownMapping, true, `without the primer a 5 MiB buffer is mmap'd on its own (anonymous mappings grew by ${plain.added} bytes)`);
     const primed = await probe(true);
     assert.equal(primed.acted, true);
-    assert.equal(primed.ownMapping, false, 'after the primer glibc serves 5 MiB from its heap');
+    assert.equal(primed.ownMapping, false, `after the primer glibc serves 5 MiB from its heap (anonymous mappings grew by ${primed.added} bytes)`);
   });
 
   it('leaves an operator\'s malloc settings alone', async () => {

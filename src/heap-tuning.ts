@@ -36,16 +36,19 @@
  *    glibc raises that threshold by itself the first time it frees a block it had mmap'd
  *    (mallopt(3), M_MMAP_THRESHOLD: the mmap threshold becomes the block's size and the trim
  *    threshold twice that, up to 32 and 64 MiB); a process that never freed such a block keeps
- *    128 KiB. Which a proxy became depended on what it happened to allocate: the same build, started
- *    twice, served 16 KiB GETs at 0.5-0.75× or at 1.0× the other's requests per CPU-second. So the
- *    proxy allocates and drops one block just under 32 MiB once it listens; the next collection
- *    frees it. Not earlier: with the thresholds raised during boot, glibc kept boot's freed C heap
- *    and the idle proxy sat at 106 MiB RSS instead of 87. Measured: 0-0.2 faults per request, and 0.99-1.14× the bare script's requests per
- *    CPU-second, where it had been 0.44-0.66×. Cost: up to 64 MiB of freed C heap stays resident
- *    after a burst (173 MiB RSS under that load, against 135-155 before). Left alone when the
- *    operator tuned malloc (MALLOC_*_ variables, GLIBC_TUNABLES: glibc then adjusts nothing
- *    itself); other C libraries (musl) have no such thresholds, and one large allocation there
- *    is just that.
+ *    128 KiB. Which a proxy became depended on what it happened to allocate: the same build,
+ *    started twice, served 16 KiB GETs at 0.5-0.75× or at 1.0× the other's requests per
+ *    CPU-second. So the proxy allocates and drops one block of 31 MiB once it listens, and the
+ *    next collection frees it: the thresholds become about 31 and 62 MiB. Not earlier: with them
+ *    raised during boot, glibc kept boot's freed C heap, and the idle proxy sat at 106 MiB RSS
+ *    instead of 87. Measured: 0-0.2 faults per request, and 0.97-1.21× the bare script's
+ *    requests per CPU-second, where it had been 0.44-0.66×.
+ *    Costs: up to 62 MiB of freed memory may stay resident at the top of each malloc arena after
+ *    a burst (155 MiB RSS under that load, against 135-155 before), and blocks up to 31 MiB come
+ *    from the heap rather than mmaps of their own. Left alone when the operator set one of the
+ *    malloc parameters that stop glibc adjusting (MALLOC_TRIM_THRESHOLD_, ..._TOP_PAD_,
+ *    ..._MMAP_THRESHOLD_, ..._MMAP_MAX_, or the same in GLIBC_TUNABLES). Other C libraries
+ *    (musl) have no such thresholds, and one large allocation there is just that.
  * Measurements: docs/benchmarks.md#heap-tuning and docs/benchmarks.md#page-faults-and-the-c-heap.
  */
 import { constants, PerformanceObserver } from 'node:perf_hooks';
@@ -77,16 +80,23 @@ export function operatorFlags(execArgv: readonly string[], nodeOptions: string |
 
 const byOperator = operatorFlags(process.execArgv, process.env.NODE_OPTIONS);
 
-/** True when the operator tuned glibc's malloc through the environment (then glibc's thresholds stay where they put them). */
+/**
+ * True when the operator set one of the four glibc malloc parameters that stop glibc adjusting
+ * its thresholds by itself (mallopt(3)), as MALLOC_*_ variables or GLIBC_TUNABLES.
+ */
 export function operatorMalloc(env: NodeJS.ProcessEnv): boolean {
-  return Object.keys(env).some((k) => /^MALLOC_(TRIM_THRESHOLD|TOP_PAD|MMAP_THRESHOLD|MMAP_MAX)_$/.test(k)) || /\bglibc\.malloc\./.test(env.GLIBC_TUNABLES ?? '');
+  return Object.keys(env).some((k) => /^MALLOC_(TRIM_THRESHOLD|TOP_PAD|MMAP_THRESHOLD|MMAP_MAX)_$/.test(k)) || /\bglibc\.malloc\.(trim_threshold|top_pad|mmap_threshold|mmap_max)=/.test(env.GLIBC_TUNABLES ?? '');
 }
 
-/** The size of the block raiseMallocThresholds drops: glibc adjusts for freed mmap'd blocks up to 32 MiB (its DEFAULT_MMAP_THRESHOLD_MAX). */
-export const MALLOC_PRIMER_BYTES = 32 * MIB - 64 * 1024;
+/**
+ * The size of the block raiseMallocThresholds drops. glibc adjusts for freed mmap'd blocks of at
+ * most 32 MiB (DEFAULT_MMAP_THRESHOLD_MAX), counted with their header and rounded up to the page
+ * size: 31 MiB stays below that with 64 KiB pages too.
+ */
+export const MALLOC_PRIMER_BYTES = 31 * MIB;
 
 /**
- * Allocates and drops one malloc'd block just under 32 MiB (see 3. above); V8 frees it at its
+ * Allocates and drops one malloc'd block of 31 MiB (see 3. above); V8 frees it at its
  * next collection, and glibc then raises its mmap and trim thresholds. Returns false, doing
  * nothing, when the operator tuned malloc.
  */

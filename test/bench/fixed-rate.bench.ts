@@ -38,7 +38,16 @@ export interface FixedRateResult {
   /** Requests answered with 2xx, and all others (non-2xx, failed, errored): [Proxymity, bare]. */
   ok: [number, number];
   failed: [number, number];
+  /**
+   * Requests per second each proxy was actually sent over the measured rounds: [Proxymity, bare].
+   * h2load sends HTTP/1.1 requests one at a time per connection, so a proxy slower than
+   * 1 / (requests per second per connection) is sent fewer, and the rate is not held.
+   */
+  sent: [number, number];
 }
+
+/** Below this share of the offered rate, the row says the rate was not held. */
+export const RATE_HELD = 0.95;
 
 export interface H2loadRun {
   ok: number;
@@ -64,9 +73,9 @@ export function h2loadMissing(): string | undefined {
 }
 
 /**
- * h2load's per-request log: tab-separated start time (µs since the epoch), status code, and µs
- * until the end of the response. `failed` counts the logged answers that are not 2xx; requests
- * that got no answer are not logged (fixedRateRun counts them from h2load's summary).
+ * h2load's per-request log: tab-separated start time (µs since the epoch), status code (-1 for a
+ * failed stream), and µs until the end of the response. `failed` counts the entries that are not
+ * 2xx; runH2load also takes h2load's own count of requests done into account.
  */
 export function parseH2loadLog(text: string): H2loadRun {
   const run: H2loadRun = { ok: 0, failed: 0, latenciesUs: [] };
@@ -95,7 +104,10 @@ function runH2load(url: string, log: string, opts: FixedRateOptions): Promise<H2
   const args = ['--h1', '-c', String(opts.clients), '--rps', String(opts.rpsPerClient), '-D', String(opts.durationS), '-t', '1', `--log-file=${log}`, url];
   return new Promise((resolve, reject) => {
     execFile('h2load', args, { timeout: (opts.durationS + 30) * 1000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) return reject(new Error(`h2load failed: ${err.message}\n${stderr}`));
+      if (err) {
+        rmSync(log, { force: true });
+        return reject(new Error(`h2load failed: ${err.message}\n${stderr}`));
+      }
       try {
         const run = parseH2loadLog(readFileSync(log, 'utf8'));
         run.failed = Math.max(run.failed, h2loadDone(stdout) - run.ok);
@@ -114,9 +126,9 @@ export async function fixedRateRun(a: PairedTarget, b: PairedTarget, scenario: {
   const pb = processTree(b.pid as number);
   const la: number[] = [];
   const lb: number[] = [];
-  const out: FixedRateResult = { scenario: scenario.name, rate: opts.clients * opts.rpsPerClient, rounds: opts.rounds, cpuRatios: [], p50Ms: [NaN, NaN], p99Ms: [NaN, NaN], ok: [0, 0], failed: [0, 0] };
+  const out: FixedRateResult = { scenario: scenario.name, rate: opts.clients * opts.rpsPerClient, rounds: opts.rounds, cpuRatios: [], p50Ms: [NaN, NaN], p99Ms: [NaN, NaN], ok: [0, 0], failed: [0, 0], sent: [0, 0] };
   const run = (t: PairedTarget, side: string, round: number) => runH2load(t.url + scenario.path, join(opts.tmpDir, `h2load-${side}-${round}.log`), opts);
-  // One unmeasured round: connections open and the JIT settles at this rate.
+  // One unmeasured round: the proxies' upstream connections open and their JIT settles at this rate.
   await Promise.all([run(a, 'a', -1), run(b, 'b', -1)]);
   for (let round = 0; round < opts.rounds; round++) {
     const a0 = cpuSeconds(pa);
@@ -134,6 +146,8 @@ export async function fixedRateRun(a: PairedTarget, b: PairedTarget, scenario: {
     lb.push(...rb.latenciesUs);
     process.stdout.write('~');
   }
+  const seconds = opts.rounds * opts.durationS;
+  out.sent = [(out.ok[0] + out.failed[0]) / seconds, (out.ok[1] + out.failed[1]) / seconds];
   out.p50Ms = [percentile(la, 50) / 1000, percentile(lb, 50) / 1000];
   out.p99Ms = [percentile(la, 99) / 1000, percentile(lb, 99) / 1000];
   return out;
@@ -145,13 +159,15 @@ export function renderFixedRate(results: readonly FixedRateResult[], median: (xs
   const ms = (n: number) => n.toFixed(2);
   const lines = [
     '',
-    `| fixed rate: Proxymity and bare http-proxy at the same time, h2load ${results[0].rate.toLocaleString('en-US')} req/s each | rounds | req/CPU-s, Proxymity ÷ bare: median (min–max) | p50 ms, Proxymity / bare | p99 ms, Proxymity / bare | p99 ÷ bare | not 2xx, Proxymity / bare |`,
-    '|---|---:|---:|---:|---:|---:|---:|',
+    `| fixed rate: Proxymity and bare http-proxy at the same time, h2load ${results[0].rate.toLocaleString('en-US')} req/s offered to each | rounds | req/CPU-s, Proxymity ÷ bare: median (min–max) | req/s sent, Proxymity / bare | p50 ms, Proxymity / bare | p99 ms, Proxymity / bare | p99 ÷ bare | not 2xx, Proxymity / bare |`,
+    '|---|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of results) {
     const c = r.cpuRatios;
+    const held = r.sent.every((x) => x >= RATE_HELD * r.rate);
+    const sent = `${r.sent.map((x) => Math.round(x).toLocaleString('en-US')).join(' / ')}${held ? '' : ' (rate not held: the ratios compare unequal loads)'}`;
     lines.push(
-      `| ${r.scenario} | ${c.length} | ${c.length ? `${r2(median(c))} (${r2(Math.min(...c))}–${r2(Math.max(...c))})` : '—'} | ${ms(r.p50Ms[0])} / ${ms(r.p50Ms[1])} | ${ms(r.p99Ms[0])} / ${ms(r.p99Ms[1])} | ${r2(r.p99Ms[0] / r.p99Ms[1])} | ${r.failed[0]} / ${r.failed[1]} |`,
+      `| ${r.scenario} | ${c.length} | ${c.length ? `${r2(median(c))} (${r2(Math.min(...c))}–${r2(Math.max(...c))})` : '—'} | ${sent} | ${ms(r.p50Ms[0])} / ${ms(r.p50Ms[1])} | ${ms(r.p99Ms[0])} / ${ms(r.p99Ms[1])} | ${r2(r.p99Ms[0] / r.p99Ms[1])} | ${r.failed[0]} / ${r.failed[1]} |`,
     );
   }
   return lines;

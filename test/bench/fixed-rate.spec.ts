@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fixedRateRun, h2loadDone, parseH2loadLog, percentile } from './fixed-rate.bench.js';
+import { fixedRateRun, h2loadDone, parseH2loadLog, percentile, renderFixedRate, type FixedRateResult } from './fixed-rate.bench.js';
 
 describe('fixed-rate bench: reading h2load', () => {
   it('counts 2xx answers with their latencies, and every other status as failed', () => {
@@ -20,6 +20,15 @@ describe('fixed-rate bench: reading h2load', () => {
   it('reads the done count from the summary', () => {
     assert.equal(h2loadDone('finished in 2.00s, 40.00 req/s, 5.86KB/s\nrequests: 80 total, 84 started, 79 done, 78 succeeded, 1 failed, 1 errored, 0 timeout\n'), 79);
     assert.throws(() => h2loadDone('h2load: connection refused'), /lacks its requests line/);
+  });
+
+  it('says when a proxy was sent less than the offered rate', () => {
+    const row = (sent: [number, number]): string => {
+      const r: FixedRateResult = { scenario: 's', rate: 1920, rounds: 1, cpuRatios: [1], p50Ms: [1, 1], p99Ms: [2, 2], ok: [1, 1], failed: [0, 0], sent };
+      return renderFixedRate([r], (xs) => xs[0]).at(-1)!;
+    };
+    assert.match(row([1919, 1900]), /\| 1,919 \/ 1,900 \|/);
+    assert.match(row([1919, 1500]), /1,919 \/ 1,500 \(rate not held/);
   });
 
   it('takes nearest-rank percentiles', () => {
@@ -73,6 +82,8 @@ describe('fixed-rate bench: a real h2load run against loopback servers', () => {
     assert.ok(served >= 4 * 60, `the servers saw ${served} requests`);
     for (const ms of [...r.p50Ms, ...r.p99Ms]) assert.ok(ms > 0 && ms < 1000, `latency ${ms} ms`);
     assert.ok(r.p99Ms[0] >= r.p50Ms[0]);
+    // About 40 req/s were sent to each (give or take the edges of the rounds).
+    for (const x of r.sent) assert.ok(x >= 30 && x <= 45, `sent ${x} req/s`);
     // Both sides are this process: a round whose CPU reads 0 ticks (10 ms) is left out, not divided by.
     assert.ok(r.cpuRatios.length <= 2);
     for (const x of r.cpuRatios) assert.ok(Number.isFinite(x) && x > 0, `cpu ratio ${x}`);
