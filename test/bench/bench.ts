@@ -26,7 +26,7 @@
  * origin, Proxymity (dist/main.js, default features on), the bare http-proxy script
  * (bare-http-proxy.ts) and nginx as a proxy (when installed). wrk drives the load (1 thread,
  * 64 connections); CPU and memory come from /proc. Prints one table and writes JSON and
- * markdown into bench-results/. Bounded in time: a full run takes about 6.5 minutes, --quick
+ * markdown into bench-results/. Bounded in time: a full run takes about 7.5 minutes, --quick
  * under 2.
  */
 import { spawn, spawnSync, type ChildProcess, execFileSync } from 'node:child_process';
@@ -128,7 +128,7 @@ function parseOptions(argv: string[]): Options {
     ws: !argv.includes('--no-ws'),
     wsOnly: argv.includes('--ws-only'),
     pairedRounds: argv.includes('--no-paired') ? 0 : Number(val('--paired-rounds') ?? (quick ? 3 : 8)),
-    fixedRounds: Number(val('--fixed-rounds') ?? (quick ? 3 : 8)),
+    fixedRounds: Number(val('--fixed-rounds') ?? (quick ? 2 : 8)),
     rate: Number(val('--rate') ?? FIXED_RATE_CLIENTS * 60),
   };
 }
@@ -509,7 +509,7 @@ async function main(): Promise<void> {
     const noH2load = opts.fixedRounds > 0 ? h2loadMissing() : undefined;
     if (opts.fixedRounds > 0 && noH2load === undefined && px?.pid !== undefined && bare?.pid !== undefined) {
       for (const scenario of scenarios.filter((x) => x.name === 'small GET (3 B)' || x.name === '16 KiB GET')) {
-        fixed.push(await fixedRateRun(px, bare, scenario, { rounds: opts.fixedRounds, durationS: opts.quick ? 2 : 4, clients: FIXED_RATE_CLIENTS, rpsPerClient: opts.rate / FIXED_RATE_CLIENTS, tmpDir: tmp }));
+        fixed.push(await fixedRateRun(px, bare, scenario, { rounds: opts.fixedRounds, durationS: opts.quick ? 1 : 4, clients: FIXED_RATE_CLIENTS, rpsPerClient: opts.rate / FIXED_RATE_CLIENTS, tmpDir: tmp }));
       }
       process.stdout.write('\n');
     }
