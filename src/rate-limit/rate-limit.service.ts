@@ -245,14 +245,21 @@ export class RateLimitService implements OnApplicationBootstrap, OnApplicationSh
     if (entry === undefined) {
       // ioredis is loaded only when a policy uses Redis.
       const { Redis: RedisClient } = createRequire(import.meta.url)('ioredis') as typeof import('ioredis');
+      // Until the first connection is up, commands wait for it (each at most the command
+      // timeout): a reload that moves a limit to another Redis does not decide its first requests
+      // by onStoreError only because the new connection was still being opened, as start-up
+      // waits for it (onApplicationBootstrap). Once it was up, a lost connection fails fast.
       const client = new RedisClient(url, {
-        enableOfflineQueue: false,
+        enableOfflineQueue: true,
         maxRetriesPerRequest: 0,
         commandTimeout: timeoutMs,
         retryStrategy: (times) => Math.min(times * 100, 2000),
         lazyConnect: false,
       });
       client.defineCommand('gcra', { numberOfKeys: 1, lua: GCRA_LUA });
+      client.once('ready', () => {
+        client.options.enableOfflineQueue = false;
+      });
       entry = { client, url, up: true, timeoutMs };
       const e = entry;
       // Connection errors are reported through decisions (once per outage); ioredis retries by itself.

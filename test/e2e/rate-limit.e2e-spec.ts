@@ -216,7 +216,7 @@ describe('rate limits in Redis', () => {
     }
   });
 
-  it('disconnects from a Redis that no rate limit uses after a reload', async () => {
+  it('moves a limit to another Redis on reload without failing the first requests, and disconnects from the old one', async () => {
     const other = await startRedis();
     const sut = await startProxy(backends, policy(redis.url, 'deny'));
     try {
@@ -224,12 +224,13 @@ describe('rate limits in Redis', () => {
       const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend:\n  - name: b1\n    url: "${backends[0]!.url}"\n${policy(other.url, 'deny')}`;
       const result = sut.app.get(ReloadService).apply(parseConfig(withAdminPortZero(yaml), 'reload.yaml'), 'test');
       assert.equal(result.result, 'success', result.details.join('; '));
-      await pollUntil(() => redisClients(redis.port), (n) => n === 0, { what: 'the old Redis client to be closed' });
-      await pollUntil(() => redisClients(other.port), (n) => n >= 1, { what: 'a client of the new Redis' });
-      // The limit now lives in the new Redis: the burst of 5 is spent there, then 429.
+      // Right away, while the new connection is still being opened: the limit (fail closed) now
+      // lives in the new Redis, so the burst of 5 is spent there, then 429. None is a 503.
       const statuses: number[] = [];
       for (let i = 0; i < 8; i++) statuses.push((await request(`${sut.url}/moved`, { headers: { 'x-client': 'moved' } })).status);
       assert.ok(statuses.slice(0, 5).every((s) => s === 200) && statuses.includes(429), statuses.join(','));
+      await pollUntil(() => redisClients(redis.port), (n) => n === 0, { what: 'the old Redis client to be closed' });
+      assert.ok((await redisClients(other.port)) >= 1, 'a client of the new Redis');
     } finally {
       await sut.close();
       await other.stop();
