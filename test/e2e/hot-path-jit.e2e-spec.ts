@@ -72,7 +72,10 @@ describe('hot path JIT stability', () => {
 
     // The test's own HTTP client sends other header fields than h2load: its requests go through
     // the warm-up too (proxied), so that only the endpoints' own shapes are new in the window.
-    const warmUp = h2load(url, WARM_UP_S);
+    // In two runs: the window's load opens fresh client connections, whose first requests meet
+    // code the warm-up optimised on connections already in use ("wrong map" in the server's
+    // parser callbacks, one-off). The second run's fresh connections take that first.
+    const warmUp = h2load(url, WARM_UP_S - 2).then(() => h2load(url, 2));
     for (let i = 0; i < 20; i++) {
       assert.equal((await fetch(`${url}/warm-up`)).status, 200);
       await delay(100);
