@@ -1,8 +1,9 @@
 /**
- * Two adjustments of V8's heap for a proxy process, both measured (docs/benchmarks.md#heap-tuning)
- * and both left alone when the operator set the flag involved (on the node command line, or in
- * NODE_OPTIONS where Node allows it). V8 reads both flags each time it uses them, so setting
- * them at run time takes effect.
+ * Memory adjustments for a proxy process, each measured and each left alone when the operator set
+ * what it involves. Two are of V8's heap (docs/benchmarks.md#heap-tuning), skipped for a flag set
+ * on the node command line or in NODE_OPTIONS where Node allows it; V8 reads both flags each time
+ * it uses them, so setting them at run time takes effect. The third is of glibc's C heap, skipped
+ * for the operator's malloc environment variables.
  *
  * 1. Boot without growing the young generation (holdBootHeap / endBootHeap). Loading Nest keeps
  *    most of what it allocates, and V8 answers that survival rate by doubling the young
