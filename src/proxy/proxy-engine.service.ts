@@ -124,6 +124,10 @@ class Exchange {
   }
 }
 
+/** On an https listener's server: the Strict-Transport-Security value of that listener (`listeners[].hsts`). */
+export const kHsts = Symbol('proxymity.hsts');
+export type HstsServer = { [kHsts]?: string };
+
 @Injectable()
 export class ProxyEngine {
   private readonly logger = new Logger(ProxyEngine.name);
@@ -139,8 +143,8 @@ export class ProxyEngine {
   private readonly accessLog: AccessLogService | undefined;
   /** Request bodies are counted for the access log (bytes_in). */
   readonly countBodies: boolean;
-  /** Strict-Transport-Security added to responses on TLS connections (the https listener's `hsts`). */
-  private readonly hsts: string | undefined;
+  /** Some https listener has `hsts`: responses on TLS connections look up their listener's value (kHsts). */
+  private readonly hsts: boolean;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -153,7 +157,7 @@ export class ProxyEngine {
     metrics.readInFlightFrom(() => this.inFlight);
     this.accessLog = accessLog.enabled ? accessLog : undefined;
     this.countBodies = accessLog.enabled;
-    this.hsts = cfg.listeners.find((l) => l.protocol === 'https' && l.hsts !== undefined)?.hsts;
+    this.hsts = cfg.listeners.some((l) => l.protocol === 'https' && l.hsts !== undefined);
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
@@ -257,7 +261,12 @@ export class ProxyEngine {
     if (route.responseHeaders !== undefined) headers = applyResponseOps(headers, route.responseHeaders);
     const extra = (ex.res as WithResponseHeaders)[kResponseHeaders];
     if (extra !== undefined) headers.push(...extra);
-    if (this.hsts !== undefined && (ex.req.socket as { encrypted?: boolean }).encrypted === true) headers.push('strict-transport-security', this.hsts);
+    if (this.hsts) {
+      // The listener's own value: its server carries it (set by ListenersService); HTTP/2's socket proxy reaches it too.
+      const socket = ex.req.socket as { encrypted?: boolean; server?: HstsServer };
+      const value = socket.encrypted === true ? socket.server?.[kHsts] : undefined;
+      if (value !== undefined) headers.push('strict-transport-security', value);
+    }
     return headers;
   }
 

@@ -23,6 +23,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
+import { kHsts, type HstsServer } from '../proxy/proxy-engine.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
 import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
 import { CertificateSet, loadCertificate } from './certificate-store.js';
@@ -97,6 +98,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
           SNICallback: (servername: string, cb: (err: Error | null, ctx?: import('node:tls').SecureContext) => void) => cb(null, (run.certs as CertificateSet).select(servername).context),
         };
         run.server = l.http2 ? http2.createSecureServer({ ...options, allowHTTP1: true }, handle as never) : https.createServer(options, handle);
+        if (l.hsts !== undefined) (run.server as HstsServer)[kHsts] = l.hsts;
         // WebSocket over TLS (an HTTP/1.1 upgrade).
         run.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
           try {

@@ -73,6 +73,19 @@ listeners:
     port: 0
     protocol: redirect
     redirectPort: 8443
+  - name: tls-short
+    host: 127.0.0.1
+    port: 0
+    protocol: https
+    hsts: "max-age=300; includeSubDomains"
+    certificates:
+      - {cert: "${files.a.cert}", key: "${files.a.key}"}
+  - name: tls-none
+    host: 127.0.0.1
+    port: 0
+    protocol: https
+    certificates:
+      - {cert: "${files.a.cert}", key: "${files.a.key}"}
 `;
     sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'tls.yaml'), { logger: false });
     httpsUrl = sut.listeners.tls;
@@ -106,6 +119,34 @@ listeners:
     assert.equal(echo.path, '/h1');
     assert.equal(echo.headers['x-forwarded-proto'], 'https');
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000');
+  });
+
+  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none', async () => {
+    const h1 = (url: string) =>
+      new Promise<http.IncomingHttpHeaders>((resolve, reject) => {
+        const u = new URL(url);
+        https
+          .get({ host: '127.0.0.1', port: Number(u.port), path: '/hsts', servername: 'a.test', headers: { host: 'a.test' }, ca: readFileSync(ca.caCert) }, (r) => {
+            r.resume();
+            r.on('end', () => resolve(r.headers));
+          })
+          .on('error', reject);
+      });
+    const h2 = async (url: string) => {
+      const client = http2.connect(url, { ca: readFileSync(ca.caCert), servername: 'a.test' });
+      client.on('error', () => undefined); // reported through the request
+      try {
+        return (await h2Request(client, { ':path': '/hsts', ':method': 'GET', ':authority': 'a.test' })).headers;
+      } finally {
+        client.close();
+      }
+    };
+    for (const [name, want] of [['tls', 'max-age=31536000'], ['tls-short', 'max-age=300; includeSubDomains'], ['tls-none', undefined]] as const) {
+      assert.equal((await h1(sut.listeners[name]))['strict-transport-security'], want, `${name} over HTTP/1.1`);
+      const headers = await h2(sut.listeners[name]);
+      assert.equal(headers[':status'], 200, name);
+      assert.equal(headers['strict-transport-security'], want, `${name} over HTTP/2`);
+    }
   });
 
   it('proxies HTTP/2 to the HTTP/1.1 backend: Host from :authority, no connection headers back', async () => {
