@@ -9,9 +9,10 @@
  * time with a new timer, and adds and removes a timeout listener per request (about 1 µs per
  * request in a profile, `setStreamTimeout` alone).
  * Here every timer and listener is set once per connection instead:
- * - connect: the socket's timer is set to connectTimeout when it is created, and to the read
- *   timeout once it is connected. Node refreshes that timer on every read and write, so it
- *   measures silence; it is also refreshed in place when a pooled socket takes a request.
+ * - connect: a deadline of connectTimeout from the socket's creation, cleared once it is
+ *   connected (for https, once its TLS handshake is done). The socket's own timer is then set
+ *   to the read timeout. Node refreshes that timer on every read and write, so it measures
+ *   silence; it is also refreshed in place when a pooled socket takes a request.
  * - read: one 'timeout' listener per socket hands the timeout to the request on it (the engine
  *   turns it into a 504, or a cut response once the body began).
  * - idle: pooled sockets are stamped when freed; a sweep, running only while the pool holds idle
@@ -60,6 +61,14 @@ function onSocketTimeout(this: PooledSocket): void {
   else req.destroy(Object.assign(new Error('upstream socket timeout'), { code: 'ETIMEDOUT' }));
 }
 
+/** connectTimeout ran out before the connection (and its TLS handshake) was up: as the socket's own timeout would. */
+function onConnectDeadline(socket: PooledSocket): void {
+  if (socket.destroyed) return;
+  const req = socket._httpMessage;
+  if (req == null || req.destroyed) socket.destroy();
+  else socket.emit('timeout');
+}
+
 function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
   const plain = (Base as unknown) === http.Agent;
   return class PhasedAgent extends Base {
@@ -94,12 +103,19 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
       options.lookup = upstreamLookup;
       const socket = (super.createConnection as any)(options, cb) as Socket;
       if (socket) {
-        socket.setTimeout(this.phase.connectTimeoutMs);
+        const connectMs = this.phase.connectTimeoutMs;
+        socket.setTimeout(connectMs);
+        // The socket's timer measures silence, and through an https agent a silent TLS handshake
+        // fired it only after twice connectTimeout. A deadline from the start bounds the whole
+        // connect, TLS handshake included: one timer per new connection, none per request.
+        const deadline = setTimeout(onConnectDeadline, connectMs, socket);
+        socket.once('close', () => clearTimeout(deadline));
         socket.on('timeout', onSocketTimeout);
         socket.setKeepAlive(true, 1000);
         const readMs = this.phase.readTimeoutMs;
         const started = performance.now();
         socket.once(options.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+          clearTimeout(deadline);
           socket.setTimeout(readMs);
           const ms = performance.now() - started;
           (socket as ConnectTimed).connectMs = ms;

@@ -80,15 +80,20 @@ describe('HTTPS backends', () => {
     const silent = net.createServer((sock) => sock.on('error', () => undefined)); // accepts TCP, never speaks TLS
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
     const silentUrl = `https://127.0.0.1:${(silent.address() as AddressInfo).port}`;
-    const start = (urls: string[]) =>
-      startProxymity(parseConfig(withAdminPortZero(`proxy: {host: 127.0.0.1, port: 0}\nbackend:\n${urls.map((u, i) => `  - name: b${i}\n    url: "${u}"\n    tls: {ca: "${ca.caCert}"}\n`).join('')}healthCheck: {enabled: false}\nupstream: {connectTimeout: 300ms, timeout: 60s}\n`), 'stall.yaml'), { logger: false });
-    const alone = await start([silentUrl]);
+    const start = (urls: string[], connectTimeoutMs = 300) =>
+      startProxymity(parseConfig(withAdminPortZero(`proxy: {host: 127.0.0.1, port: 0}\nbackend:\n${urls.map((u, i) => `  - name: b${i}\n    url: "${u}"\n    tls: {ca: "${ca.caCert}"}\n`).join('')}healthCheck: {enabled: false}\nupstream: {connectTimeout: ${connectTimeoutMs}ms, timeout: 60s}\n`), 'stall.yaml'), { logger: false });
+    // Through Node's https agent the socket's own timer let such a handshake run twice as long.
+    const aloneConnectMs = 500;
+    const alone = await start([silentUrl], aloneConnectMs);
     const pair = await start([silentUrl, url]);
     // Its own proxy: the failed attempt above takes the lone backend out for a while (passive health).
     const forWs = await start([silentUrl]);
     try {
+      const sent = performance.now();
       const res = await request(`${alone.url}/stall`);
+      const tookMs = performance.now() - sent;
       assert.equal(res.status, 504);
+      assert.ok(tookMs >= aloneConnectMs - 5 && tookMs < aloneConnectMs * 1.6, `504 after ${tookMs.toFixed(0)} ms with connectTimeout ${aloneConnectMs} ms`);
       assert.equal(res.headers['proxy-status'], 'proxymity; error=connection_timeout');
       for (let i = 0; i < 4; i++) assert.equal((await request(`${pair.url}/failover/${i}`)).status, 200, `request ${i + 1}`);
       const ws = await new Promise<{ status: number; proxyStatus: unknown }>((resolve, reject) => {
