@@ -56,11 +56,7 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
       }
     });
 
-    const p = this.cfg.proxy;
-    server.keepAliveTimeout = p.keepAliveTimeout;
-    server.headersTimeout = p.headersTimeout;
-    // Uploads may legitimately take long; they are bounded by socket inactivity upstream instead.
-    server.requestTimeout = 0;
+    applyClientTimeouts(server, this.cfg.proxy);
     server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ECONNRESET' || !socket.writable) {
         socket.destroy();
@@ -72,4 +68,27 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
       socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
     });
   }
+}
+
+/** The timeout properties Node's HTTP/1.1 server code reads from its server (http, https, and HTTP/2's HTTP/1.1 fallback). */
+export interface ClientTimeoutTarget {
+  keepAliveTimeout?: number;
+  headersTimeout?: number;
+  requestTimeout?: number;
+  connectionsCheckingInterval?: number;
+}
+
+/**
+ * The client-side timeouts of a listener, for its HTTP/1.1 connections: `proxy.keepAliveTimeout`
+ * and `proxy.headersTimeout`, and no whole-request limit (uploads may legitimately take long;
+ * they are bounded by socket inactivity upstream instead; Node's default would cut them at 300 s).
+ * Node checks header and request deadlines on a timer, every 30 s by default, so a 10 s
+ * headersTimeout could run 40 s; here the check runs every tenth of headersTimeout (at most every
+ * 30 s, at least 100 ms apart). Call before `listen`: Node starts that timer on 'listening'.
+ */
+export function applyClientTimeouts(server: ClientTimeoutTarget, p: { keepAliveTimeout: number; headersTimeout: number }): void {
+  server.keepAliveTimeout = p.keepAliveTimeout;
+  server.headersTimeout = p.headersTimeout;
+  server.requestTimeout = 0;
+  server.connectionsCheckingInterval = Math.min(30_000, Math.max(100, Math.floor(p.headersTimeout / 10)));
 }

@@ -25,6 +25,7 @@ import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
 import { kHsts, type HstsServer } from '../proxy/proxy-engine.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
+import { applyClientTimeouts, type ClientTimeoutTarget } from '../proxy/proxy-server.binding.js';
 import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
 import { CertificateSet, loadCertificate } from './certificate-store.js';
 
@@ -120,14 +121,10 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
         run.sessions.add(session);
         session.on('close', () => run.sessions.delete(session));
       });
-      // The plain listener's client timeouts apply here too (uploads are bounded upstream).
+      // The plain listener's client timeouts apply here too, HTTP/2's HTTP/1.1 fallback included
+      // (Node reads them from the HTTP/2 server as from an http one).
       const p = this.cfg.proxy;
-      const h1 = server as Partial<http.Server>;
-      if ('keepAliveTimeout' in server) {
-        h1.keepAliveTimeout = p.keepAliveTimeout;
-        h1.headersTimeout = p.headersTimeout;
-        h1.requestTimeout = 0;
-      }
+      applyClientTimeouts(server as ClientTimeoutTarget, p);
       // HTTP/2 sessions idle for the keep-alive timeout are closed.
       if (certs !== undefined && l.http2) (server as Http2SecureServer).setTimeout(p.keepAliveTimeout);
       await new Promise<void>((resolveListen, reject) => {

@@ -12,6 +12,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
 import { join } from 'node:path';
+import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
@@ -347,5 +348,59 @@ describe('HTTPS listener start-up', () => {
       startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false }),
       (err: Error) => err.message === `listener tls: ${join(ca.dir, 'b.key')}: this key does not belong to the certificate ${join(ca.dir, 'a.crt')}`,
     );
+  });
+});
+
+/**
+ * Sends a request line and one header, then nothing: resolves with the milliseconds until the
+ * listener closed the connection and what it answered (the client gives up after `giveUpMs`).
+ */
+function slowHeaders(connect: () => net.Socket, giveUpMs: number): Promise<{ ms: number; answer: string }> {
+  return new Promise((resolve) => {
+    const started = performance.now();
+    let answer = '';
+    const s = connect();
+    const giveUp = setTimeout(() => s.destroy(), giveUpMs);
+    s.on('data', (d) => (answer += d));
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      clearTimeout(giveUp);
+      resolve({ ms: performance.now() - started, answer });
+    });
+  });
+}
+
+describe('proxy.headersTimeout on every listener', () => {
+  let sut: RunningProxymity;
+  let backends: DummyBackend[];
+
+  before(async () => {
+    const ca = makeTestCa();
+    const a = ca.issue('a', ['a.test']);
+    backends = await startBackends(1);
+    const cert = `certificates: [{cert: "${a.cert}", key: "${a.key}"}]`;
+    const yaml = `proxy: {host: 127.0.0.1, port: 0, headersTimeout: 1s}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {interval: 1h}\nlisteners:\n  - {name: h2, port: 0, host: 127.0.0.1, protocol: https, ${cert}}\n  - {name: h1, port: 0, host: 127.0.0.1, protocol: https, http2: false, ${cert}}\n`;
+    sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'headers-timeout.yaml'), { logger: false });
+  });
+  after(async () => {
+    await sut.close();
+    await closeAll(backends);
+  });
+
+  it('answers 408 to a client that stalls in its headers: plain, https, and HTTP/1.1 on an HTTP/2 listener', async () => {
+    const partial = 'GET / HTTP/1.1\r\nHost: a.test\r\n';
+    const at = (url: string) => ({ host: '127.0.0.1', port: Number(new URL(url).port) });
+    const cases: [string, () => net.Socket][] = [
+      ['plain', () => net.connect(at(sut.url), function (this: net.Socket) { this.write(partial); })],
+      ['https', () => tls.connect({ ...at(sut.listeners.h1), servername: 'a.test', rejectUnauthorized: false }, function (this: tls.TLSSocket) { this.write(partial); })],
+      ['http/1.1 on the h2 listener', () => tls.connect({ ...at(sut.listeners.h2), servername: 'a.test', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] }, function (this: tls.TLSSocket) { this.write(partial); })],
+    ];
+    // Node checks these deadlines on a timer (every 30 s by its default); the proxy checks every tenth of headersTimeout.
+    const results = await Promise.all(cases.map(([, connect]) => slowHeaders(connect, 8_000)));
+    cases.forEach(([name], i) => {
+      const { ms, answer } = results[i]!;
+      assert.match(answer, /^HTTP\/1\.1 408 /, `${name}: ${JSON.stringify(answer.slice(0, 60))} after ${ms.toFixed(0)} ms`);
+      assert.ok(ms >= 990 && ms < 2_500, `${name}: closed after ${ms.toFixed(0)} ms for a headersTimeout of 1 s`);
+    });
   });
 });
