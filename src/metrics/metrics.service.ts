@@ -20,13 +20,6 @@ import type { ProxymityConfig } from '../config/config.schema.js';
 import { BoundCounter, BoundHistogram } from './metric-cells.js';
 
 export const METRIC_PREFIX = 'proxymity_';
-/**
- * How often the event-loop delay (`nodejs_eventloop_lag_*`) is sampled. prom-client's default,
- * 10 ms, woke an idle proxy 100-200 times a second and cost it about 0.65% of a core doing
- * nothing (docs/benchmarks.md#idle-wakeups). At 50 ms a 15 s scrape still holds 300 samples, and
- * any stall of 50 ms or more is seen whole.
- */
-export const EVENT_LOOP_SAMPLE_MS = 50;
 
 /** Request durations: 1 ms to 60 s (the default upstream idle timeout). */
 const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -112,7 +105,10 @@ export class MetricsService implements OnApplicationBootstrap {
     for (const m of [this.requests, this.duration, this.connect, this.header, this.retries, this.errors, this.reloads, this.upgrades, this.tunnelBytes, this.rateLimits, this.rateLimitStoreErrors, this.cacheRequests, this.cacheRemovals, this.cacheRefreshes]) this.registry.registerMetric(m as never);
     this.registerStateGauges();
     if (cfg.metrics.processMetrics) {
-      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+      // `metrics.eventLoopResolution`: each sample wakes the process (10 ms: about 100 times a
+      // second, 1.5% of a core on an idle proxy; 50 ms: 0.7%), and each is the time between two
+      // samples, so the lag metrics never read below it (docs/benchmarks.md#idle-wakeups).
+      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: cfg.metrics.eventLoopResolution });
       new Gauge({
         name: `${METRIC_PREFIX}heap_growing_percent`,
         help: "V8's old-generation growing factor the proxy set, as percent over 1 (0: V8's own, from 640 MiB live); -1 when the proxy leaves it alone (operator's --heap-growing-percent, or started in-process).",

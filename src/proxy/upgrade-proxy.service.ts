@@ -226,8 +226,15 @@ class Tunnel {
     let connected = false;
     up.on('socket', (s: Socket) => {
       s.setTimeout(this.proxy.connectTimeoutMs);
+      // The socket's timer measures silence, which let a silent TLS handshake run twice
+      // connectTimeout; a deadline from the start bounds the whole connect (as the pooled agent's).
+      const deadline = setTimeout(() => {
+        if (!connected) up.emit('timeout');
+      }, this.proxy.connectTimeoutMs);
+      s.once('close', () => clearTimeout(deadline));
       s.once(backend.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
         connected = true;
+        clearTimeout(deadline);
         s.setTimeout(this.proxy.handshakeTimeoutMs);
       });
     });

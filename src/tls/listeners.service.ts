@@ -117,16 +117,21 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
         run.sockets.add(s);
         s.on('close', () => run.sockets.delete(s));
       });
+      const idleMs = this.cfg.proxy.keepAliveTimeout;
       server.on('session', (session: import('node:http2').ServerHttp2Session) => {
         run.sessions.add(session);
         session.on('close', () => run.sessions.delete(session));
+        // HTTP/2 sessions idle for the keep-alive timeout are closed. Set per session, not with
+        // server.setTimeout: Node also applies the server's timeout to HTTP/1.1 connections on
+        // this listener, where it would cut a request that waits that long for its backend.
+        session.setTimeout(idleMs, () => {
+          if (!session.destroyed && !session.closed) session.destroy();
+        });
       });
       // The plain listener's client timeouts apply here too, HTTP/2's HTTP/1.1 fallback included
       // (Node reads them from the HTTP/2 server as from an http one).
       const p = this.cfg.proxy;
       applyClientTimeouts(server as ClientTimeoutTarget, p);
-      // HTTP/2 sessions idle for the keep-alive timeout are closed.
-      if (certs !== undefined && l.http2) (server as Http2SecureServer).setTimeout(p.keepAliveTimeout);
       await new Promise<void>((resolveListen, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(new ListenerError(`cannot listen on ${name} ${l.host}:${l.port}: ${err.code ?? ''} (${err.message})`)));
         server.listen(l.port, l.host, () => resolveListen());

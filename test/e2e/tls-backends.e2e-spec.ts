@@ -87,7 +87,7 @@ describe('HTTPS backends', () => {
     const alone = await start([silentUrl], aloneConnectMs);
     const pair = await start([silentUrl, url]);
     // Its own proxy: the failed attempt above takes the lone backend out for a while (passive health).
-    const forWs = await start([silentUrl]);
+    const forWs = await start([silentUrl], aloneConnectMs);
     try {
       const sent = performance.now();
       const res = await request(`${alone.url}/stall`);
@@ -96,13 +96,16 @@ describe('HTTPS backends', () => {
       assert.ok(tookMs >= aloneConnectMs - 5 && tookMs < aloneConnectMs * 1.6, `504 after ${tookMs.toFixed(0)} ms with connectTimeout ${aloneConnectMs} ms`);
       assert.equal(res.headers['proxy-status'], 'proxymity; error=connection_timeout');
       for (let i = 0; i < 4; i++) assert.equal((await request(`${pair.url}/failover/${i}`)).status, 200, `request ${i + 1}`);
+      const wsSent = performance.now();
       const ws = await new Promise<{ status: number; proxyStatus: unknown }>((resolve, reject) => {
         const client = new WebSocket(`${forWs.url.replace(/^http/, 'ws')}/ws`);
         client.once('unexpected-response', (_req, r) => (r.resume(), resolve({ status: r.statusCode ?? 0, proxyStatus: r.headers['proxy-status'] })));
         client.once('open', () => reject(new Error('opened')));
         client.once('error', reject);
       });
+      const wsMs = performance.now() - wsSent;
       assert.deepEqual(ws, { status: 504, proxyStatus: 'proxymity; error=connection_timeout' });
+      assert.ok(wsMs >= aloneConnectMs - 5 && wsMs < aloneConnectMs * 1.6, `WebSocket 504 after ${wsMs.toFixed(0)} ms with connectTimeout ${aloneConnectMs} ms`);
     } finally {
       await alone.close();
       await pair.close();

@@ -370,7 +370,7 @@ function slowHeaders(connect: () => net.Socket, giveUpMs: number): Promise<{ ms:
   });
 }
 
-describe('proxy.headersTimeout on every listener', () => {
+describe('client timeouts on every listener (proxy.headersTimeout, proxy.keepAliveTimeout)', () => {
   let sut: RunningProxymity;
   let backends: DummyBackend[];
 
@@ -379,7 +379,7 @@ describe('proxy.headersTimeout on every listener', () => {
     const a = ca.issue('a', ['a.test']);
     backends = await startBackends(1);
     const cert = `certificates: [{cert: "${a.cert}", key: "${a.key}"}]`;
-    const yaml = `proxy: {host: 127.0.0.1, port: 0, headersTimeout: 1s}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {interval: 1h}\nlisteners:\n  - {name: h2, port: 0, host: 127.0.0.1, protocol: https, ${cert}}\n  - {name: h1, port: 0, host: 127.0.0.1, protocol: https, http2: false, ${cert}}\n`;
+    const yaml = `proxy: {host: 127.0.0.1, port: 0, headersTimeout: 1s, keepAliveTimeout: 2s}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {interval: 1h}\nlisteners:\n  - {name: h2, port: 0, host: 127.0.0.1, protocol: https, ${cert}}\n  - {name: h1, port: 0, host: 127.0.0.1, protocol: https, http2: false, ${cert}}\n`;
     sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'headers-timeout.yaml'), { logger: false });
   });
   after(async () => {
@@ -402,5 +402,45 @@ describe('proxy.headersTimeout on every listener', () => {
       assert.match(answer, /^HTTP\/1\.1 408 /, `${name}: ${JSON.stringify(answer.slice(0, 60))} after ${ms.toFixed(0)} ms`);
       assert.ok(ms >= 990 && ms < 2_500, `${name}: closed after ${ms.toFixed(0)} ms for a headersTimeout of 1 s`);
     });
+  });
+
+  it('answers 408 on the admin listener after its fixed 10 s, checked every second', async () => {
+    const { port } = new URL(sut.adminUrl!);
+    const { ms, answer } = await slowHeaders(() => net.connect({ host: '127.0.0.1', port: Number(port) }, function (this: net.Socket) { this.write('GET /health HTTP/1.1\r\nHost: a\r\n'); }), 20_000);
+    assert.match(answer, /^HTTP\/1\.1 408 /, `${JSON.stringify(answer.slice(0, 60))} after ${ms.toFixed(0)} ms`);
+    assert.ok(ms >= 9_990 && ms < 12_500, `closed after ${ms.toFixed(0)} ms for a headers limit of 10 s`);
+  });
+
+  it('keeps an HTTP/1.1 request on an HTTP/2 listener open past keepAliveTimeout while its backend works', async () => {
+    // Node's https client offers no ALPN, so the HTTP/2 listener answers it in HTTP/1.1.
+    const { port } = new URL(sut.listeners.h2);
+    const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      https
+        .get({ host: '127.0.0.1', port: Number(port), path: '/delay/3000', servername: 'a.test', headers: { host: 'a.test' }, rejectUnauthorized: false, agent: false }, (r) => {
+          let body = '';
+          r.on('data', (c) => (body += c));
+          r.on('end', () => resolve({ status: r.statusCode ?? 0, body }));
+        })
+        .on('error', reject);
+    });
+    assert.equal(res.status, 200, res.body);
+  });
+
+  it('closes an HTTP/2 session that stays idle for keepAliveTimeout', async () => {
+    const client = http2.connect(sut.listeners.h2, { servername: 'a.test', rejectUnauthorized: false });
+    client.on('error', () => undefined);
+    try {
+      assert.equal((await h2Request(client, { ':path': '/', ':method': 'GET', ':authority': 'a.test' })).headers[':status'], 200);
+      const idleFrom = performance.now();
+      const closed = await new Promise<boolean>((resolve) => {
+        const giveUp = setTimeout(() => resolve(false), 8_000);
+        client.once('close', () => (clearTimeout(giveUp), resolve(true)));
+      });
+      const ms = performance.now() - idleFrom;
+      assert.ok(closed, 'the session was still open after 8 s idle');
+      assert.ok(ms >= 1_900, `closed after ${ms.toFixed(0)} ms idle, before keepAliveTimeout (2 s)`);
+    } finally {
+      client.close();
+    }
   });
 });
