@@ -105,6 +105,12 @@ class Exchange {
   readonly writtenBefore: number;
   /** The response header list as written, kept only when the access log wants response headers. */
   responseHeaders: string[] | undefined = undefined;
+  /** The backend's response whose body is being relayed to the client (see `relay`). */
+  body: IncomingMessage | undefined = undefined;
+  /** That response announced trailers: they follow its body. */
+  bodyTrailers = false;
+  /** `drain` on the client response resumes the body; registered the first time the client falls behind. */
+  drainListening = false;
   /** The cache's part in this request (routes with the cache on). */
   cache: CacheTransaction | undefined = undefined;
 
@@ -170,7 +176,7 @@ export class ProxyEngine {
       const cl = req.headers['content-length'];
       if (cl === undefined || Number(cl) <= retry.bufferBody) ex.replay = [];
     }
-    res.once('close', onClientClose);
+    res.on('close', onClientClose); // emitted once; `on` spares the once() wrapper
     this.inFlight++;
     if (route.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, route.totalTimeoutMs, ex);
     this.attempt(ex, backend);
@@ -220,7 +226,7 @@ export class ProxyEngine {
     const ex = new Exchange(this, req, res, requestId, true, route, target);
     (res as WithExchange<ServerResponse>)[kOwner] = ex;
     ex.cache = cache;
-    res.once('close', onClientClose);
+    res.on('close', onClientClose); // emitted once; `on` spares the once() wrapper
     this.inFlight++;
     this.respondFromCache(ex, cache, cache.stored as StoredResponse);
   }
@@ -482,12 +488,8 @@ export class ProxyEngine {
     (pres as WithExchange<IncomingMessage>)[kOwner] = ex;
     pres.on('error', onUpstreamBodyError);
     if (tx?.storing === true) tx.capture(pres);
-    if (rawHeader(pres.rawHeaders, 'trailer') === undefined) pres.pipe(res);
-    else {
-      // Announced trailers (gRPC-web status, checksums) are copied after the body.
-      pres.pipe(res, { end: false });
-      pres.once('end', forwardResponseTrailers);
-    }
+    // Announced trailers (gRPC-web status, checksums) are copied after the body.
+    relay(ex, pres, rawHeader(pres.rawHeaders, 'trailer') !== undefined);
   }
 
   /**
@@ -705,11 +707,49 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
   up.end();
 }
 
-function forwardResponseTrailers(this: WithExchange<IncomingMessage>): void {
+/**
+ * Relays the backend's response body to the client: what `pres.pipe(res)` did, for less. pipe()
+ * adds seven listeners to the two streams per response (two through once() wrappers, which
+ * allocate) and takes them off again at the end; this adds two shared ones, and a third only on
+ * a client that falls behind, once per response. Measured at a fixed rate, small GETs cost
+ * 1-8% less CPU (mean 3.6% over six paired runs; docs/benchmarks.md#relaying-the-response-body).
+ * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
+ * Nothing is written once the client connection closed; onClientClose cancels the upstream.
+ */
+function relay(ex: Exchange, pres: IncomingMessage, trailers: boolean): void {
+  ex.body = pres;
+  ex.bodyTrailers = trailers;
+  pres.on('data', onBodyData);
+  pres.on('end', onBodyEnd);
+}
+
+function onBodyData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
+  const ex = this[kOwner] as Exchange;
+  const res = ex.res;
+  if (ex.closed || ex.body !== this || res.writableEnded) return;
+  if (res.write(chunk)) return;
+  this.pause();
+  if (!ex.drainListening) {
+    ex.drainListening = true;
+    res.on('drain', onClientDrain);
+  }
+}
+
+function onClientDrain(this: WithExchange<ServerResponse>): void {
   const ex = this[kOwner];
-  if (ex === undefined || ex.closed) return;
+  if (ex !== undefined && !ex.closed) ex.body?.resume();
+}
+
+function onBodyEnd(this: WithExchange<IncomingMessage>): void {
+  const ex = this[kOwner] as Exchange;
+  if (ex.closed || ex.body !== this) return;
+  if (ex.bodyTrailers) forwardResponseTrailers(ex, this);
+  else ex.res.end();
+}
+
+function forwardResponseTrailers(ex: Exchange, pres: IncomingMessage): void {
   try {
-    ex.res.addTrailers(trailersFor(this.trailers, ex.req.httpVersionMajor === 2));
+    ex.res.addTrailers(trailersFor(pres.trailers, ex.req.httpVersionMajor === 2));
     ex.res.end();
   } catch {
     cut(ex.res, 'invalid trailers');

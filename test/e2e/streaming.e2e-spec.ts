@@ -48,6 +48,38 @@ describe('streaming large bodies', () => {
     assert.equal(mem.result.sha, expectedDownloadSha(GIB));
     assert.ok(mem.growthMiB < MAX_GROWTH_MIB, `proxy RSS grew by ${mem.growthMiB.toFixed(1)} MiB`);
   });
+
+  it('holds the backend back while a client stops reading, instead of buffering the body', async () => {
+    const size = 256 * 1024 * 1024;
+    const base = (await memoryMiB(proc.child.pid!)).rss;
+    const { res, req } = await new Promise<{ res: http.IncomingMessage; req: http.ClientRequest }>((resolve, reject) => {
+      const req = http.get(`${url}/bytes/${size}`, { agent: false }, (res) => resolve({ res, req }));
+      req.on('error', reject);
+    });
+    // Not reading: only the socket buffers on either side of the proxy may fill.
+    res.pause();
+    let max = base;
+    for (let i = 0; i < 30; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      max = Math.max(max, (await memoryMiB(proc.child.pid!)).rss);
+    }
+    const stalledGrowth = max - base;
+    const hash = createHash('sha256');
+    let bytes = 0;
+    await new Promise<void>((resolve, reject) => {
+      res.on('data', (c: Buffer) => {
+        bytes += c.length;
+        hash.update(c);
+      });
+      res.on('end', resolve);
+      res.on('error', reject);
+      req.on('error', reject);
+      res.resume();
+    });
+    assert.ok(stalledGrowth < MAX_GROWTH_MIB, `proxy RSS grew by ${stalledGrowth.toFixed(1)} MiB while the client was not reading`);
+    assert.equal(bytes, size);
+    assert.equal(hash.digest('hex'), expectedDownloadSha(size));
+  });
 });
 
 async function sampleWhile<T>(pid: number, work: () => Promise<T>): Promise<{ result: T; growthMiB: number }> {
