@@ -709,10 +709,11 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
 
 /**
  * Relays the backend's response body to the client: what `pres.pipe(res)` did, for less. pipe()
- * adds seven listeners to the two streams per response (two through once() wrappers, which
- * allocate) and takes them off again at the end; this adds two shared ones, and a third only on
- * a client that falls behind, once per response. Measured at a fixed rate, small GETs cost
- * 1-8% less CPU (mean 3.6% over six paired runs; docs/benchmarks.md#relaying-the-response-body).
+ * creates about ten closures per response and adds six listeners to the two streams with them
+ * (three through once() wrappers, which allocate again), and takes them off at the end; this
+ * adds two shared ones, and a third only on a client that falls behind, once per response. Measured at a fixed rate, small GETs cost
+ * 1-13% less CPU per request (means of 3.6% and 7.9% in two batches of six paired runs;
+ * docs/benchmarks.md#relaying-the-response-body).
  * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
  * Nothing is written once the client connection closed; onClientClose cancels the upstream.
  */
