@@ -53,8 +53,17 @@ describe(AccessLogService.name, () => {
     const { sut, file } = service('format: combined');
     const req = await incoming({ 'user-agent': 'curl/8 "quoted"', referer: 'http://example.test/' });
     sut.write({ req, target: req.url ?? '', requestId: 'rid-1', status: 200, durationMs: 1.5, bytesIn: 0, bytesOut: 321, backend: 'b1', attempts: 1, connectMs: -1, headerMs: 1, termination: undefined, error: undefined, responseHeaders: undefined });
-    sut.onApplicationShutdown();
+    await sut.onApplicationShutdown();
     const line = readFileSync(file, 'utf8');
     assert.match(line, /^127\.0\.0\.1 - - \[\d\d\/[A-Z][a-z]{2}\/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET \/p\?q=\\x22x\\x22 HTTP\/1\.1" 200 321 "http:\/\/example\.test\/" "curl\/8 \\x22quoted\\x22" rid-1 1\.5ms b1 -\n$/);
+  });
+
+  it('keeps lines written before the file finished opening when shut down at once', async () => {
+    const req = await incoming();
+    const { sut, file } = service('format: json');
+    // No await between construction and shutdown: the file is still being opened.
+    sut.write({ req, target: '/early', requestId: 'rid-early', status: 204, durationMs: 1, bytesIn: 0, bytesOut: 0, backend: 'b1', attempts: 1, connectMs: -1, headerMs: 1, termination: undefined, error: undefined, responseHeaders: undefined });
+    await sut.onApplicationShutdown();
+    assert.match(readFileSync(file, 'utf8'), /"rid-early"/);
   });
 });

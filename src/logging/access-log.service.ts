@@ -70,6 +70,8 @@ export class AccessLogService implements OnApplicationShutdown {
     if (dest !== undefined && dest.destroyed !== true && dest._len !== 0) dest.flush();
   };
   private flushTimer: NodeJS.Timeout | undefined = undefined;
+  /** Settles once the destination is open: a file is opened asynchronously, and until then nothing can be flushed. */
+  private opened: Promise<void> = Promise.resolve();
 
   constructor(@Inject(PROXYMITY_CONFIG) config: ProxymityConfig) {
     const cfg = (this.cfg = config.accessLog);
@@ -85,7 +87,11 @@ export class AccessLogService implements OnApplicationShutdown {
     // A file that cannot be opened fails boot here, with its path in the message.
     if (typeof target === 'string') closeSync(openSync(target, 'a'));
     // Written in blocks of at least 32 KiB (one write per ~80 lines), and at least once a second.
-    this.dest = pino.destination({ dest: target, sync: false, minLength: 32 * 1024, maxWrite: 256 * 1024 });
+    const dest = (this.dest = pino.destination({ dest: target, sync: false, minLength: 32 * 1024, maxWrite: 256 * 1024 }));
+    this.opened = new Promise<void>((resolve) => {
+      dest.once('ready', resolve);
+      dest.once('error', () => resolve());
+    });
     this.flushTimer = setInterval(this.flush, 1000).unref();
     this.dest.on('error', (err: Error) => this.logger.error(`access log ${cfg.output}: ${err.message}`));
     if (typeof target === 'string') process.on('SIGUSR2', this.reopen);
@@ -160,11 +166,14 @@ export class AccessLogService implements OnApplicationShutdown {
     return out;
   }
 
-  onApplicationShutdown(): void {
+  async onApplicationShutdown(): Promise<void> {
     process.removeListener('SIGUSR2', this.reopen);
     if (this.flushTimer !== undefined) clearInterval(this.flushTimer);
     const dest = this.dest;
     if (dest === undefined) return;
+    // Shut down right after boot, the file may still be opening: flushSync would throw, and the
+    // lines written so far would be lost with the process.
+    await this.opened;
     try {
       dest.flushSync();
     } catch {
