@@ -90,6 +90,8 @@ class Exchange {
   totalTimer: NodeJS.Timeout | undefined = undefined;
   /** Set when the client connection closed (normally or not); nothing more is written. */
   closed = false;
+  /** An HTTP/2 client reset its stream before the response was complete (any error code, NO_ERROR included). */
+  aborted = false;
   /** Backend of the last attempt (kept after its slot is released, for metrics and logs). */
   lastBackend: Backend | undefined = undefined;
   /** The error that ended the exchange, when the proxy answered or cut it, and the access log's name for the ending. */
@@ -177,6 +179,7 @@ export class ProxyEngine {
       if (cl === undefined || Number(cl) <= retry.bufferBody) ex.replay = [];
     }
     res.on('close', onClientClose); // emitted once; `on` spares the once() wrapper
+    if (req.httpVersionMajor === 2) watchReset(ex);
     this.inFlight++;
     if (route.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, route.totalTimeoutMs, ex);
     this.attempt(ex, backend);
@@ -227,6 +230,7 @@ export class ProxyEngine {
     (res as WithExchange<ServerResponse>)[kOwner] = ex;
     ex.cache = cache;
     res.on('close', onClientClose); // emitted once; `on` spares the once() wrapper
+    if (req.httpVersionMajor === 2) watchReset(ex);
     this.inFlight++;
     this.respondFromCache(ex, cache, cache.stored as StoredResponse);
   }
@@ -874,6 +878,25 @@ function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): v
   else cut(ex.res, err.message);
 }
 
+/**
+ * HTTP/2: a client that resets its stream mid-response. Node emits 'aborted' for any RST_STREAM
+ * while the response is still being written, but treats one with NO_ERROR as a graceful close
+ * and never destroys a stream that has writes queued: the response's 'close' never came, and
+ * the exchange, its upstream request and its backend connection stayed open for good. The stream
+ * is destroyed here, so the usual close path cancels the upstream request and counts a 499.
+ */
+function watchReset(ex: Exchange): void {
+  (ex.req as WithExchange<IncomingMessage>)[kOwner] = ex;
+  ex.req.once('aborted', onStreamReset);
+}
+
+function onStreamReset(this: WithExchange<IncomingMessage>): void {
+  const ex = this[kOwner];
+  if (ex === undefined || ex.closed) return;
+  ex.aborted = true;
+  ex.res.destroy();
+}
+
 function onClientClose(this: WithExchange<ServerResponse>): void {
   const ex = this[kOwner];
   if (ex !== undefined) ex.engine.onClientClose(ex);
@@ -884,7 +907,7 @@ function onClientClose(this: WithExchange<ServerResponse>): void {
  * an aborted stream is checked too (else the upstream request would not be cancelled).
  */
 function finished(ex: Exchange): boolean {
-  if (!ex.res.writableFinished) return false;
+  if (ex.aborted || !ex.res.writableFinished) return false;
   return ex.req.httpVersionMajor !== 2 || (ex.res as unknown as { stream?: { aborted?: boolean; rstCode?: number } }).stream?.rstCode === 0 || (ex.res as unknown as { stream?: { rstCode?: number } }).stream?.rstCode === undefined;
 }
 

@@ -17,7 +17,7 @@ import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { parseConfig } from '../../src/config/index.js';
-import { UpgradeProxy } from '../../src/proxy/index.js';
+import { ProxyEngine, UpgradeProxy } from '../../src/proxy/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
 import { makeTestCa, type TestCa } from '../helpers/certs.js';
@@ -272,6 +272,39 @@ listeners:
     assert.equal(res.status, 200);
     // The drip would keep its upstream connection busy for 5 s; the cancelled stream ends it at once.
     await pollUntil(busy, (n) => n === 0, { timeoutMs: 1500, what: 'upstream request cancelled after the client reset its stream' });
+  });
+
+  it('cancels the upstream request when an HTTP/2 client resets a download mid-body with NO_ERROR', async () => {
+    // RST_STREAM(NO_ERROR) is a graceful close to Node: it never destroys a stream with writes
+    // still queued, so the response's 'close' never came and the exchange stayed in flight.
+    const engine = sut.app.get(ProxyEngine);
+    const agent = sut.app.get(UpgradeProxy).registry.all[0].agent;
+    const busy = () => Object.values(agent.sockets).reduce((n, list) => n + (list?.length ?? 0), 0);
+    const client = http2.connect(`https://127.0.0.1:${port}`, { ca: readFileSync(ca.caCert), servername: 'a.test' });
+    client.on('error', () => undefined);
+    try {
+      const req = client.request({ ':path': `/bytes/${512 * 1024 * 1024}?rst=no-error`, ':method': 'GET', ':authority': 'a.test' });
+      req.on('error', () => undefined);
+      req.end();
+      await new Promise<void>((resolve) => {
+        let got = 0;
+        req.on('data', (c: Buffer) => {
+          got += c.length;
+          if (got > 1024 * 1024) resolve();
+        });
+      });
+      req.close(http2.constants.NGHTTP2_NO_ERROR);
+      await pollUntil(() => engine.inFlight, (n) => n === 0, { timeoutMs: 3000, what: 'the exchange to end after the reset' });
+      await pollUntil(busy, (n) => n === 0, { timeoutMs: 3000, what: 'upstream request cancelled' });
+    } finally {
+      client.close();
+    }
+    const line = await pollUntil(
+      () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => String(l.path).includes('rst=no-error')),
+      (l) => l !== undefined,
+      { timeoutMs: 3000, what: 'access-log line of the reset download' },
+    );
+    assert.equal(line!.status, 499);
   });
 
   it('works with curl --http2', async () => {
