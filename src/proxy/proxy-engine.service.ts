@@ -878,21 +878,41 @@ function onUpstreamBodyError(this: WithExchange<IncomingMessage>, err: Error): v
   else cut(ex.res, err.message);
 }
 
+type ServerStream = import('node:http2').ServerHttp2Stream;
+
 /**
- * HTTP/2: a client that resets its stream mid-response. Node emits 'aborted' for any RST_STREAM
- * while the response is still being written, but treats one with NO_ERROR as a graceful close
- * and never destroys a stream that has writes queued: the response's 'close' never came, and
- * the exchange, its upstream request and its backend connection stayed open for good. The stream
- * is destroyed here, so the usual close path cancels the upstream request and counts a 499.
+ * HTTP/2: a client that resets its stream before it has the whole response. Node treats an
+ * RST_STREAM with NO_ERROR as a graceful close and never destroys a stream that still has writes
+ * queued, so the response's 'close' never came: the exchange, its upstream request and its
+ * backend connection stayed open for good. Two moments:
+ * - mid-response: Node emits 'aborted' on the request, for any error code;
+ * - after the response ended but before all of it was sent (the client's flow-control window
+ *   was full): no 'aborted'; Node ends the stream's unread request side instead ('end' on the
+ *   stream, which for a request whose body the proxy reads also comes at the body's end, with
+ *   the stream still open).
+ * Either way the stream is destroyed here, so the usual close path cancels the upstream request
+ * (if any) and counts a 499.
  */
 function watchReset(ex: Exchange): void {
-  (ex.req as WithExchange<IncomingMessage>)[kOwner] = ex;
-  ex.req.once('aborted', onStreamReset);
+  const req = ex.req as WithExchange<IncomingMessage> & { stream: Owned<ServerStream, Exchange> };
+  req[kOwner] = ex;
+  req.once('aborted', onStreamReset);
+  req.stream[kOwner] = ex;
+  req.stream.once('end', onStreamEnd);
 }
 
 function onStreamReset(this: WithExchange<IncomingMessage>): void {
   const ex = this[kOwner];
-  if (ex === undefined || ex.closed) return;
+  if (ex !== undefined) resetByClient(ex);
+}
+
+function onStreamEnd(this: Owned<ServerStream, Exchange>): void {
+  const ex = this[kOwner];
+  if (ex !== undefined && this.closed && !this.destroyed && !this.writableFinished) resetByClient(ex);
+}
+
+function resetByClient(ex: Exchange): void {
+  if (ex.closed) return;
   ex.aborted = true;
   ex.res.destroy();
 }

@@ -307,6 +307,28 @@ listeners:
     assert.equal(line!.status, 499);
   });
 
+  it('ends the exchange when an HTTP/2 client resets with NO_ERROR a response that is complete but not yet sent', async () => {
+    // A stream window of 0: the proxy can send the response's headers but none of its body, so
+    // the whole answer sits queued in the proxy, ended, when the client resets the stream.
+    const engine = sut.app.get(ProxyEngine);
+    const client = http2.connect(`https://127.0.0.1:${port}`, { ca: readFileSync(ca.caCert), servername: 'a.test', settings: { initialWindowSize: 0 } });
+    client.on('error', () => undefined);
+    try {
+      const base = engine.inFlight;
+      const req = client.request({ ':path': '/queued', ':method': 'GET', ':authority': 'a.test' });
+      req.on('error', () => undefined);
+      req.end();
+      const status = await new Promise((resolve) => req.on('response', (h) => resolve(h[':status'])));
+      assert.equal(status, 200);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(engine.inFlight, base + 1);
+      req.close(http2.constants.NGHTTP2_NO_ERROR);
+      await pollUntil(() => engine.inFlight, (n) => n === base, { timeoutMs: 3000, what: 'the reset exchange to end' });
+    } finally {
+      client.close();
+    }
+  });
+
   it('works with curl --http2', async () => {
     // Asynchronously: the proxy runs in this process and must keep serving while curl waits.
     const { stdout: out } = await execFileAsync('curl', ['-sS', '--http2', '--cacert', ca.caCert, '--resolve', `b.test:${port}:127.0.0.1`, `https://b.test:${port}/curl`, '-o', '/dev/null', '-w', '%{http_version} %{http_code}'], { encoding: 'utf8' });
