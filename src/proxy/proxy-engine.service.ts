@@ -715,9 +715,9 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
  * Relays the backend's response body to the client: what `pres.pipe(res)` did, for less. pipe()
  * creates about ten closures per response and adds six listeners to the two streams with them
  * (three through once() wrappers, which allocate again), and takes them off at the end; this
- * adds two shared ones, and a third only on a client that falls behind, once per response. Measured at a fixed rate, small GETs cost
- * 1-13% less CPU per request (means of 3.6% and 7.9% in two batches of six paired runs;
- * docs/benchmarks.md#relaying-the-response-body).
+ * adds two shared ones, and a third only on a client that falls behind, once per response.
+ * Measured at a fixed rate, small GETs cost 1-13% less CPU per request (means of 3.6% and 7.9%
+ * in two batches of six paired runs; docs/benchmarks.md#relaying-the-response-body).
  * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
  * Nothing is written once the client connection closed; onClientClose cancels the upstream.
  */
@@ -924,7 +924,8 @@ function onClientClose(this: WithExchange<ServerResponse>): void {
 
 /**
  * The response went out in full. On HTTP/2 a stream the client reset also counts as "ended", so
- * an aborted stream is checked too (else the upstream request would not be cancelled).
+ * a reset seen while the response was being sent (`aborted`, see watchReset) or an error code
+ * on the stream is checked too (else the upstream request would not be cancelled).
  */
 function finished(ex: Exchange): boolean {
   if (ex.aborted || !ex.res.writableFinished) return false;
