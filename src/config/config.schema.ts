@@ -300,6 +300,7 @@ export const configSchema = z
         shutdownDelay: duration({ max: 600_000 }).prefault(0).describe('How long /health reports 503 before the listener closes on SIGTERM (lets load balancers drop the instance first). Default 0.'),
         keepAliveTimeout: duration({ min: 0, max: 3_600_000 }).prefault('75s').describe('How long an idle client keep-alive connection stays open. Default 75s (nginx keepalive_timeout).'),
         headersTimeout: duration({ min: 1000, max: 600_000 }).prefault('60s').describe('A client must send its complete request headers within this time. Default 60s.'),
+        sendTimeout: duration({ min: 10, max: 3_600_000 }).prefault('60s').describe('Longest a client may take none of a response the proxy has ready for it; then its connection is closed (logged as client_send_timeout). The backend\'s silence meanwhile is not held against it. Default 60s (nginx send_timeout).'),
         trustedProxies: z.array(cidr).prefault([]).describe('Peers (addresses or CIDR blocks) whose X-Forwarded-*/Forwarded headers are kept and whose X-Forwarded-For gives the client address. Default: none.'),
         forwarded: z.boolean().prefault(false).describe('Also send the RFC 7239 Forwarded header. Default false.'),
         maxHeaderSize: byteSize.prefault('16KiB').refine((n) => n >= 1024 && n <= 1024 * 1024, { message: 'must be between 1KiB and 1MiB' }).describe('Largest request header section accepted (request line included); larger gets 431. Default 16KiB (Node\'s).'),

@@ -22,6 +22,7 @@
  * written in one `writeHead` call.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
@@ -50,6 +51,8 @@ import {
   READ_TIMEOUT,
   RETRY_LIMIT_EXCEEDED,
   BODY_IDLE_TIMEOUT,
+  CLIENT_BODY_TIMEOUT,
+  CLIENT_SEND_TIMEOUT,
   TOTAL_TIMEOUT,
   type ProxyErrorCode,
 } from './proxy-errors.js';
@@ -113,6 +116,18 @@ class Exchange {
   bodyTrailers = false;
   /** `drain` on the client response resumes the body; registered the first time the client falls behind. */
   drainListening = false;
+  /**
+   * The client holds up the response: the body is paused for it, or the end is written but not
+   * yet taken. proxy.sendTimeout's timer runs meanwhile (one per exchange that ever falls behind,
+   * restarted in place on the next stall); the backend's silence then is not held against it.
+   */
+  stalled = false;
+  sendTimer: NodeJS.Timeout | undefined = undefined;
+  /** Bytes the client had still to take when the timer last started: less when it fires = progress. */
+  sendPending = 0;
+  /** A stored body larger than one slice, written a slice at a time as the client takes it, and how far. */
+  storedBody: Buffer | undefined = undefined;
+  storedAt = 0;
   /** The cache's part in this request (routes with the cache on). */
   cache: CacheTransaction | undefined = undefined;
 
@@ -262,7 +277,12 @@ export class ProxyEngine {
       return;
     }
     if (notModified || ex.req.method === 'HEAD') res.end();
-    else res.end(stored.body);
+    else if (stored.body.length <= STORED_SLICE) res.end(stored.body);
+    else {
+      ex.storedBody = stored.body;
+      return writeStored(ex);
+    }
+    if (!res.writableFinished) stall(ex);
   }
 
   /** The route's response header changes, rate-limit headers and HSTS, on any response that goes to the client. */
@@ -325,6 +345,14 @@ export class ProxyEngine {
     const stale = beforeResponse && code === 'connection_terminated' && up?.reusedSocket === true;
     if (isPassiveFailure(code) && !stale) this.registry.reportPassiveFailure(backend, code, `${code}: ${err.message}`);
 
+    if (code === 'client_timeout') {
+      // The client's doing, not the backend's: answered 408 (or cut), never retried or served stale.
+      ex.error = code;
+      ex.termination = PROXY_ERRORS[code].termination;
+      this.logger.debug(`${ex.req.method} ${ex.req.url} -> 408 ${code}: ${err.message} [request ${ex.requestId}]`);
+      writeError(ex.res, code, ex.requestId);
+      return;
+    }
     if (beforeResponse) {
       const next = this.retryTarget(ex, backend, code, stale);
       if (next !== undefined) {
@@ -537,6 +565,12 @@ export class ProxyEngine {
     writeError(ex.res, 'request_too_large', ex.requestId);
   }
 
+  /** @internal the client took none of the response for proxy.sendTimeout; its connection is cut next. */
+  onSendTimeout(ex: Exchange): void {
+    // The client's doing: logged as such; the close that follows cancels the upstream request.
+    this.logger.debug(`${ex.req.method} ${ex.req.url}: the client took none of the response for ${ex.route.sendTimeoutMs} ms (proxy.sendTimeout); connection closed [request ${ex.requestId}]`);
+  }
+
   /** @internal the client connection closed: normal end, or the client gave up. */
   onClientClose(ex: Exchange): void {
     ex.closed = true;
@@ -546,6 +580,7 @@ export class ProxyEngine {
     }
     if (ex.totalTimer !== undefined) clearTimeout(ex.totalTimer);
     if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
+    if (ex.sendTimer !== undefined) clearTimeout(ex.sendTimer);
     if (ex.cache !== undefined) ex.cache.onClose();
     this.inFlight--;
     const up = ex.upstream;
@@ -734,6 +769,7 @@ function onBodyData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
   if (ex.closed || ex.body !== this || res.writableEnded) return;
   if (res.write(chunk)) return;
   this.pause();
+  stall(ex);
   if (!ex.drainListening) {
     ex.drainListening = true;
     res.on('drain', onClientDrain);
@@ -742,7 +778,43 @@ function onBodyData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
 
 function onClientDrain(this: WithExchange<ServerResponse>): void {
   const ex = this[kOwner];
-  if (ex !== undefined && !ex.closed) ex.body?.resume();
+  if (ex === undefined || ex.closed) return;
+  ex.stalled = false;
+  if (ex.storedBody !== undefined) return writeStored(ex);
+  // The backend's idle timer may have run out during the stall (and been ignored): restart it,
+  // or a backend that now stays silent would never time out. Refreshed in place, no new timer.
+  (ex.upstream?.socket as (Socket & { _unrefTimer?: () => void }) | null | undefined)?._unrefTimer?.();
+  ex.body?.resume();
+}
+
+/** Stored bodies up to this size are written in one call; larger ones a slice at a time. */
+const STORED_SLICE = 64 * 1024;
+
+/**
+ * Writes a large stored body with backpressure, as a relayed one is: slices (views, no copies)
+ * until the client falls behind, the rest on `drain`. So a slow client holds no second copy in
+ * the socket's buffer, and its progress shows to proxy.sendTimeout slice by slice (one write of
+ * the whole body would count as taken only once all of it was).
+ */
+function writeStored(ex: Exchange): void {
+  const body = ex.storedBody as Buffer;
+  const res = ex.res;
+  while (ex.storedAt < body.length) {
+    const end = Math.min(body.length, ex.storedAt + STORED_SLICE);
+    const more = res.write(body.subarray(ex.storedAt, end));
+    ex.storedAt = end;
+    if (!more && end < body.length) {
+      stall(ex);
+      if (!ex.drainListening) {
+        ex.drainListening = true;
+        res.on('drain', onClientDrain);
+      }
+      return;
+    }
+  }
+  ex.storedBody = undefined;
+  res.end();
+  if (!res.writableFinished) stall(ex);
 }
 
 function onBodyEnd(this: WithExchange<IncomingMessage>): void {
@@ -750,6 +822,35 @@ function onBodyEnd(this: WithExchange<IncomingMessage>): void {
   if (ex.closed || ex.body !== this) return;
   if (ex.bodyTrailers) forwardResponseTrailers(ex, this);
   else ex.res.end();
+  // Ended but not all taken: the client still has sendTimeout to take the rest.
+  if (!ex.res.writableFinished) stall(ex);
+}
+
+/**
+ * The client has stopped taking the response for now: proxy.sendTimeout (nginx's send_timeout)
+ * starts. The timer is made on the first stall and restarted in place on later ones; a drain
+ * clears `stalled`, and a timer that fires with the client caught up does nothing.
+ */
+function stall(ex: Exchange): void {
+  ex.stalled = true;
+  ex.sendPending = ex.res.writableLength;
+  if (ex.sendTimer === undefined) ex.sendTimer = setTimeout(onSendTimeout, ex.route.sendTimeoutMs, ex);
+  else ex.sendTimer.refresh();
+}
+
+function onSendTimeout(ex: Exchange): void {
+  if (ex.closed || !ex.stalled || ex.res.writableFinished) return;
+  const pending = ex.res.writableLength;
+  if (pending < ex.sendPending) {
+    // The client took some (a large stored body, say), just not all: another sendTimeout from now.
+    ex.sendPending = pending;
+    ex.sendTimer?.refresh();
+    return;
+  }
+  ex.error = 'client_timeout';
+  ex.termination = CLIENT_SEND_TIMEOUT;
+  ex.engine.onSendTimeout(ex);
+  cut(ex.res, 'client send timeout');
 }
 
 function forwardResponseTrailers(ex: Exchange, pres: IncomingMessage): void {
@@ -828,16 +929,28 @@ function onUpstreamError(this: WithExchange<ClientRequest>, err: Error): void {
   else ex.engine.onUpstreamError(ex, err);
 }
 
-/** Fired by the backend agent's socket timer on the request's socket: connect, then read (see upstream-agent.ts). */
-function onUpstreamTimeout(this: ClientRequest): void {
+/**
+ * Fired by the backend agent's socket timer on the request's socket: connect, then read (see
+ * upstream-agent.ts). A silence the client caused is not the backend's: a response paused for a
+ * client that takes none of it (proxy.sendTimeout governs; the drain restarts this timer), or,
+ * before any answer, an upload the client stopped sending with nothing left queued for the
+ * backend (408, as nginx's client_body_timeout; never retried, never a backend failure).
+ */
+function onUpstreamTimeout(this: WithExchange<ClientRequest>): void {
+  const ex = this[kOwner];
+  if (ex !== undefined && ex.stalled && ex.upstream === this) return;
   // The agent stamps connectMs once TCP is up and, for https, the TLS handshake is done: a
   // stalled handshake is a connect timeout (as in nginx and Envoy), which may go to another backend.
   const connecting = this.socket != null && (this.socket as ConnectTimed).connectMs === undefined;
   const inBody = (this as { res?: IncomingMessage | null }).res != null;
+  const clientSilent = !connecting && !inBody && ex !== undefined && !ex.req.complete && this.writableLength === 0;
   const err: NodeJS.ErrnoException = new Error(
-    connecting ? 'connect timeout (upstream.connectTimeout)' : inBody ? 'backend silent mid-body (upstream.timeout)' : 'no response within the idle timeout (upstream.timeout)',
+    connecting ? 'connect timeout (upstream.connectTimeout)'
+    : inBody ? 'backend silent mid-body (upstream.timeout)'
+    : clientSilent ? 'the client sent none of its request body for upstream.timeout'
+    : 'no response within the idle timeout (upstream.timeout)',
   );
-  err.code = connecting ? CONNECT_TIMEOUT : inBody ? BODY_IDLE_TIMEOUT : READ_TIMEOUT;
+  err.code = connecting ? CONNECT_TIMEOUT : inBody ? BODY_IDLE_TIMEOUT : clientSilent ? CLIENT_BODY_TIMEOUT : READ_TIMEOUT;
   this.destroy(err);
 }
 
@@ -954,8 +1067,8 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   }
   const status = PROXY_ERRORS[code].status;
   const body = ERROR_BODIES[code];
-  // An oversized upload is not read to its end: close the connection after the answer (nginx does too).
-  if (status === 413) res.shouldKeepAlive = false;
+  // An oversized or stalled upload is not read to its end: close the connection after the answer (nginx does too).
+  if (status === 413 || status === 408) res.shouldKeepAlive = false;
   const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
   try {
     res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId, ...(extraHeaders ?? [])]);

@@ -28,6 +28,8 @@ export const PROXY_ERRORS = {
   rate_limit_unavailable: { status: 503, termination: 'rate_limit_store_error', text: 'the rate-limit store is unavailable' },
   /** A request with `Cache-Control: only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7). */
   only_if_cached: { status: 504, termination: 'cache_only_if_cached', text: 'only-if-cached: no stored response can be used' },
+  /** The client stopped sending its request body, or stopped taking the response (proxy.sendTimeout). */
+  client_timeout: { status: 408, termination: 'client_body_timeout', text: 'the client sent none of its request body for upstream.timeout' },
   proxy_internal_error: { status: 502, termination: 'internal_error', text: 'the request to the backend failed' },
 } as const;
 
@@ -35,6 +37,8 @@ export const PROXY_ERRORS = {
 export const CLIENT_CLOSED = 'client_closed';
 /** The access log's `termination` when a failure came after every allowed try was used. */
 export const RETRY_LIMIT_EXCEEDED = 'retry_limit_exceeded';
+/** The access log's `termination` when the client took none of the response for proxy.sendTimeout. */
+export const CLIENT_SEND_TIMEOUT = 'client_send_timeout';
 
 export type ProxyErrorCode = keyof typeof PROXY_ERRORS;
 
@@ -56,6 +60,7 @@ export const CONNECT_TIMEOUT = 'PROXYMITY_CONNECT_TIMEOUT';
 export const READ_TIMEOUT = 'PROXYMITY_READ_TIMEOUT';
 export const BODY_IDLE_TIMEOUT = 'PROXYMITY_BODY_IDLE_TIMEOUT';
 export const TOTAL_TIMEOUT = 'PROXYMITY_TOTAL_TIMEOUT';
+export const CLIENT_BODY_TIMEOUT = 'PROXYMITY_CLIENT_BODY_TIMEOUT';
 
 const TLS_CERT = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME/;
 
@@ -71,6 +76,8 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
       return 'http_response_timeout';
     case BODY_IDLE_TIMEOUT:
       return 'connection_read_timeout';
+    case CLIENT_BODY_TIMEOUT:
+      return 'client_timeout';
     case 'ECONNRESET':
     case 'EPIPE':
     case 'ECONNABORTED':
@@ -97,7 +104,7 @@ export function classifyUpstreamError(err: NodeJS.ErrnoException): ProxyErrorCod
   return 'proxy_internal_error';
 }
 
-export const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 429: 'Too Many Requests', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+export const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 408: 'Request Timeout', 404: 'Not Found', 429: 'Too Many Requests', 413: 'Content Too Large', 414: 'URI Too Long', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Precomputed error bodies: `502 Bad Gateway: the backend refused the connection (connection_refused)`. */
 export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(

@@ -19,10 +19,10 @@ import { pollUntil } from '../helpers/poll-until.js';
 const TOKEN = 'reload-test-admin-token';
 
 /** A config with `main` backends in the default route and optionally `/other/` routed to another pool. */
-function configText(backends: DummyBackend[], main: { name: string; weight?: number }[], other?: string): string {
+function configText(backends: DummyBackend[], main: { name: string; weight?: number }[], other?: string, proxyExtra = ''): string {
   const url = (name: string) => backends.find((b) => b.name === name)!.url;
   const lines = [
-    'proxy: {host: 127.0.0.1, port: 0}',
+    `proxy: {host: 127.0.0.1, port: 0${proxyExtra}}`,
     `admin: {port: 0, token: ${TOKEN}}`,
     'healthCheck: {interval: 1s}',
     'pools:',
@@ -190,6 +190,14 @@ describe('hot reload', () => {
     process.emit('SIGHUP', 'SIGHUP');
     await pollUntil(version, (x) => x !== v, { timeoutMs: 2000, what: 'SIGHUP reload' });
     assert.deepEqual([...(await servedBy('/p', 3))], ['b4']);
+  });
+
+  it('leaves proxy.* as it was until a restart, routes included (maxBodySize)', async () => {
+    const v = await version();
+    writeFileSync(file, configText(backends, [{ name: 'b4' }], undefined, ', maxBodySize: 10'));
+    await pollUntil(version, (x) => x !== v, { timeoutMs: 2000, what: 'the reload' });
+    const upload = await request(`${sut.url}/p`, { method: 'POST', body: 'x'.repeat(100), headers: { 'content-type': 'text/plain' } });
+    assert.equal(upload.status, 200, 'the limit from the reloaded file is not applied before a restart');
   });
 
   it('answers 422 with the problems when the file is broken, and keeps serving', async () => {
