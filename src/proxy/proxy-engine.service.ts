@@ -770,10 +770,6 @@ function onBodyData(this: WithExchange<IncomingMessage>, chunk: Buffer): void {
   if (res.write(chunk)) return;
   this.pause();
   stall(ex);
-  if (!ex.drainListening) {
-    ex.drainListening = true;
-    res.on('drain', onClientDrain);
-  }
 }
 
 function onClientDrain(this: WithExchange<ServerResponse>): void {
@@ -803,14 +799,7 @@ function writeStored(ex: Exchange): void {
     const end = Math.min(body.length, ex.storedAt + STORED_SLICE);
     const more = res.write(body.subarray(ex.storedAt, end));
     ex.storedAt = end;
-    if (!more && end < body.length) {
-      stall(ex);
-      if (!ex.drainListening) {
-        ex.drainListening = true;
-        res.on('drain', onClientDrain);
-      }
-      return;
-    }
+    if (!more && end < body.length) return stall(ex);
   }
   ex.storedBody = undefined;
   res.end();
@@ -829,13 +818,18 @@ function onBodyEnd(this: WithExchange<IncomingMessage>): void {
 /**
  * The client has stopped taking the response for now: proxy.sendTimeout (nginx's send_timeout)
  * starts. The timer is made on the first stall and restarted in place on later ones; a drain
- * clears `stalled`, and a timer that fires with the client caught up does nothing.
+ * clears `stalled` (and resumes the body), and a timer that fires with the client caught up does
+ * nothing. A response already ended gets no drain listener: Node emits none after the end.
  */
 function stall(ex: Exchange): void {
   ex.stalled = true;
   ex.sendPending = ex.res.writableLength;
   if (ex.sendTimer === undefined) ex.sendTimer = setTimeout(onSendTimeout, ex.route.sendTimeoutMs, ex);
   else ex.sendTimer.refresh();
+  if (!ex.drainListening && !ex.res.writableEnded) {
+    ex.drainListening = true;
+    ex.res.on('drain', onClientDrain);
+  }
 }
 
 function onSendTimeout(ex: Exchange): void {
