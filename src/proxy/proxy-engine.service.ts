@@ -292,9 +292,7 @@ export class ProxyEngine {
     const extra = (ex.res as WithResponseHeaders)[kResponseHeaders];
     if (extra !== undefined) headers.push(...extra);
     if (this.hsts) {
-      // The listener's own value: its server carries it (set by ListenersService); HTTP/2's socket proxy reaches it too.
-      const socket = ex.req.socket as { encrypted?: boolean; server?: HstsServer };
-      const value = socket.encrypted === true ? socket.server?.[kHsts] : undefined;
+      const value = hstsOf(ex.req);
       if (value !== undefined) headers.push('strict-transport-security', value);
     }
     return headers;
@@ -1054,6 +1052,15 @@ function isBodyless(req: IncomingMessage): boolean {
 const ERROR_HEAD_503 = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store', 'retry-after', '1'];
 const ERROR_HEAD = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'];
 
+/**
+ * The Strict-Transport-Security value of the https listener a request came in on, if it has one:
+ * its server carries it (set by ListenersService); HTTP/2's socket proxy reaches it too.
+ */
+function hstsOf(req: IncomingMessage): string | undefined {
+  const socket = req.socket as { encrypted?: boolean; server?: HstsServer } | null;
+  return socket?.encrypted === true ? socket.server?.[kHsts] : undefined;
+}
+
 function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string, extraHeaders?: readonly string[]): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
@@ -1064,8 +1071,12 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   // An oversized or stalled upload is not read to its end: close the connection after the answer (nginx does too).
   if (status === 413 || status === 408) res.shouldKeepAlive = false;
   const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
+  const hsts = res.req !== undefined ? hstsOf(res.req) : undefined;
   try {
-    res.writeHead(status, [...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId, ...(extraHeaders ?? [])]);
+    res.writeHead(status, [
+      ...head, 'content-length', String(Buffer.byteLength(body)), 'proxy-status', `proxymity; error=${code}`, 'x-request-id', requestId,
+      ...(extraHeaders ?? []), ...(hsts !== undefined ? ['strict-transport-security', hsts] : []),
+    ]);
   } catch {
     res.destroy();
     return;

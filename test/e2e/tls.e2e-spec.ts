@@ -122,14 +122,14 @@ listeners:
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000');
   });
 
-  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none', async () => {
-    const h1 = (url: string) =>
+  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none; on the proxy\'s own error answers too', async () => {
+    const h1 = (url: string, path = '/hsts') =>
       new Promise<http.IncomingHttpHeaders>((resolve, reject) => {
         const u = new URL(url);
         https
-          .get({ host: '127.0.0.1', port: Number(u.port), path: '/hsts', servername: 'a.test', headers: { host: 'a.test' }, ca: readFileSync(ca.caCert) }, (r) => {
+          .get({ host: '127.0.0.1', port: Number(u.port), path, servername: 'a.test', headers: { host: 'a.test' }, ca: readFileSync(ca.caCert) }, (r) => {
             r.resume();
-            r.on('end', () => resolve(r.headers));
+            r.on('end', () => resolve({ ...r.headers, ':status': String(r.statusCode) }));
           })
           .on('error', reject);
       });
@@ -147,6 +147,10 @@ listeners:
       const headers = await h2(sut.listeners[name]);
       assert.equal(headers[':status'], 200, name);
       assert.equal(headers['strict-transport-security'], want, `${name} over HTTP/2`);
+      // An answer the proxy makes itself: 414 for a request target over proxy.maxUrlLength.
+      const tooLong = await h1(sut.listeners[name], `/${'a'.repeat(9000)}`);
+      assert.equal(tooLong[':status'], '414', name);
+      assert.equal(tooLong['strict-transport-security'], want, `${name}: the proxy's 414`);
     }
   });
 
