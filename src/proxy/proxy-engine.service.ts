@@ -123,7 +123,7 @@ class Exchange {
    */
   stalled = false;
   sendTimer: NodeJS.Timeout | undefined = undefined;
-  /** Bytes the client had still to take when the timer last started: less when it fires = progress. */
+  /** `unsent()` when the timer last started: less when it fires means the client took some. */
   sendPending = 0;
   /** A stored body larger than one slice, written a slice at a time as the client takes it, and how far. */
   storedBody: Buffer | undefined = undefined;
@@ -821,7 +821,7 @@ function onBodyEnd(this: WithExchange<IncomingMessage>): void {
  */
 function stall(ex: Exchange): void {
   ex.stalled = true;
-  ex.sendPending = ex.res.writableLength;
+  ex.sendPending = unsent(ex);
   if (ex.sendTimer === undefined) ex.sendTimer = setTimeout(onSendTimeout, ex.route.sendTimeoutMs, ex);
   else ex.sendTimer.refresh();
   if (!ex.drainListening && !ex.res.writableEnded) {
@@ -830,11 +830,30 @@ function stall(ex: Exchange): void {
   }
 }
 
+type QueuedSocket = { writableLength?: number; _handle?: { writeQueueSize?: number } | null; _parent?: QueuedSocket | null };
+
+/**
+ * A measure of what the proxy holds for the client, which goes down as the client takes it.
+ * HTTP/1.1, on the connection (as nginx counts): the response's own queue (a pipelined response
+ * waits there), the socket's, and the bytes libuv has yet to hand to the kernel, which drop on
+ * partial writes (for TLS, on the TCP socket beneath); a write's own count drops only when all
+ * of it is written. HTTP/2, on the stream: its queue, which drops a write (a relayed chunk or a
+ * 64 KiB slice, at most 64 KiB) at a time. Not the session's bytes sent: a client's pings, answered,
+ * would keep a stalled stream alive.
+ */
+function unsent(ex: Exchange): number {
+  if (ex.req.httpVersionMajor === 2) return ex.res.writableLength;
+  const conn = ex.req.socket as QueuedSocket | null;
+  return ((ex.res as { outputSize?: number }).outputSize ?? 0) + (conn?.writableLength ?? 0) + (conn?._handle?.writeQueueSize ?? 0) + (conn?._parent?._handle?.writeQueueSize ?? 0);
+}
+
 function onSendTimeout(ex: Exchange): void {
   if (ex.closed || !ex.stalled || ex.res.writableFinished) return;
-  const pending = ex.res.writableLength;
-  if (pending < ex.sendPending) {
-    // The client took some (a large stored body, say), just not all: another sendTimeout from now.
+  const pending = unsent(ex);
+  // Progress: the client took some, just not enough to drain. Or a pipelined HTTP/1.1 response
+  // still queued behind an earlier one (no socket yet), which has its own timer: not this one's
+  // client stalling. Either way, another sendTimeout from now.
+  if (pending < ex.sendPending || (ex.req.httpVersionMajor !== 2 && ex.res.socket == null)) {
     ex.sendPending = pending;
     ex.sendTimer?.refresh();
     return;
@@ -1068,8 +1087,10 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   }
   const status = PROXY_ERRORS[code].status;
   const body = ERROR_BODIES[code];
-  // An oversized or stalled upload is not read to its end: close the connection after the answer (nginx does too).
-  if (status === 413 || status === 408) res.shouldKeepAlive = false;
+  // An oversized or stalled upload is not read to its end: close the connection after the answer
+  // (nginx does too); on HTTP/2, the stream (below).
+  const unreadUpload = status === 413 || status === 408;
+  if (unreadUpload) res.shouldKeepAlive = false;
   const head = status === 503 ? ERROR_HEAD_503 : ERROR_HEAD;
   const hsts = res.req !== undefined ? hstsOf(res.req) : undefined;
   try {
@@ -1081,5 +1102,16 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
     res.destroy();
     return;
   }
-  res.end(body);
+  if (unreadUpload && res.req?.httpVersionMajor === 2) res.end(body, () => stopUpload(res));
+  else res.end(body);
+}
+
+/**
+ * HTTP/2: the answer went out before the client finished its upload, and a client that stalled
+ * may never end it: the stream, and the exchange with it, would stay open. RST_STREAM(NO_ERROR)
+ * after a complete response asks the client to stop sending, without error (RFC 9113 §8.1).
+ */
+function stopUpload(res: ServerResponse): void {
+  const stream = (res as unknown as { stream?: { closed: boolean; close(code: number): void } }).stream;
+  if (stream !== undefined && !stream.closed) stream.close(0); // NGHTTP2_NO_ERROR
 }

@@ -122,6 +122,7 @@ describe('client-side timeouts', () => {
     silent = http.createServer((req, res) => {
       req.resume();
       if (req.url === '/silent/cacheable') return void res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': '5' }).end('hello');
+      if (req.url === '/silent/cacheable-384k') return void res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': String(384 * 1024) }).end(Buffer.alloc(384 * 1024, 8));
       if (req.url === '/silent/big-cacheable') return void res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': String(24 * MiB) }).end(Buffer.alloc(24 * MiB, 9));
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(32 * MiB) });
       if (req.url === '/silent/20k') return void res.write(Buffer.alloc(20 * 1024, 7));
@@ -332,6 +333,79 @@ describe('client-side timeouts', () => {
     });
     assert.deepEqual(got, { bytes: 24 * MiB, complete: true });
     assert.ok(Date.now() - t0 > 3000, 'the download outlasted twice sendTimeout, so the slow path was exercised');
+  });
+
+  it('keeps an HTTP/2 client that takes a response slowly but steadily, relayed or from the cache', { timeout: 30_000 }, async () => {
+    assert.equal((await request(`${sut.url}/silent/cacheable-384k`)).body.length, 384 * 1024); // now stored
+    // A 16 KiB stream window and a 50 ms pause after each chunk taken: about 160 KiB/s. Each of
+    // the proxy's writes (at most 64 KiB) completes well within sendTimeout, and 384 KiB take
+    // longer than sendTimeout in all.
+    const slowly = async (path: string) => {
+      const client = http2.connect(sut.listeners.tls as string, { ca: readFileSync(ca.caCert), servername: 'a.test', settings: { initialWindowSize: 16 * 1024 } });
+      client.on('error', () => undefined);
+      try {
+        const req = client.request({ ':path': path, ':method': 'GET', ':authority': 'a.test' });
+        req.on('error', () => undefined);
+        req.end();
+        let bytes = 0;
+        req.on('data', (c: Buffer) => {
+          bytes += c.length;
+          req.pause();
+          setTimeout(() => req.resume(), 50);
+        });
+        await new Promise((resolve) => req.once('close', resolve));
+        return { bytes, rstCode: req.rstCode };
+      } finally {
+        client.close();
+      }
+    };
+    const t0 = Date.now();
+    const got = await Promise.all([slowly(`/bytes/${384 * 1024}`), slowly('/silent/cacheable-384k')]);
+    assert.deepEqual(got, [{ bytes: 384 * 1024, rstCode: 0 }, { bytes: 384 * 1024, rstCode: 0 }]);
+    assert.ok(Date.now() - t0 > 1500, 'the downloads outlasted sendTimeout, so the slow path was exercised');
+  });
+
+  it('does not time out a pipelined response queued behind a slow one', { timeout: 20_000 }, async () => {
+    // The first answer drips for 2 s (the backend's pace, past sendTimeout, each drip within the
+    // backend idle timeout); the second, 1 MiB, waits in the proxy behind it, unable to go out:
+    // not its client stalling.
+    const data = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const s = net.connect(sut.port, '127.0.0.1', () => {
+        s.write('GET /drip/10/200 HTTP/1.1\r\nhost: x\r\n\r\nGET /bytes/1048576?pipelined HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n');
+      });
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('close', () => resolve(Buffer.concat(chunks)));
+      s.on('error', reject);
+    });
+    const text = data.toString('latin1');
+    assert.equal(text.match(/HTTP\/1\.1 200 OK\r\n/g)?.length, 2, 'two answers');
+    const second = text.lastIndexOf('\r\n\r\n') + 4;
+    assert.equal(data.length - second, 1048576, 'the second body arrived whole');
+    const line = await logLine('/bytes/1048576?pipelined');
+    assert.equal(line.termination, null);
+  });
+
+  it('answers 408 to an HTTP/2 upload the client stops sending, and ends the stream so nothing stays in flight', { timeout: 20_000 }, async () => {
+    const base = engine.inFlight;
+    const client = http2.connect(sut.listeners.tls as string, { ca: readFileSync(ca.caCert), servername: 'a.test' });
+    client.on('error', () => undefined);
+    try {
+      const req = client.request({ ':path': '/h2-upload-stalls', ':method': 'POST', ':authority': 'a.test', 'content-type': 'text/plain' });
+      req.on('error', () => undefined);
+      req.write('x'.repeat(10)); // and never ends
+      const status = await new Promise<number>((resolve) => req.once('response', (h) => resolve(Number(h[':status']))));
+      assert.equal(status, 408);
+      req.resume();
+      await new Promise((resolve) => req.once('close', resolve));
+      assert.equal(req.rstCode, http2.constants.NGHTTP2_NO_ERROR, 'the stream is ended without error');
+      await pollUntil(() => engine.inFlight, (n) => n === base, { timeoutMs: 3000, what: 'the exchange to end with the session still open' });
+    } finally {
+      client.close();
+    }
+    const line = await logLine('/h2-upload-stalls');
+    assert.equal(line.status, 408);
+    assert.equal(line.termination, 'client_body_timeout');
   });
 
   it('answers 408 to an upload the client stops sending, without retrying or blaming the backend', async () => {
