@@ -128,6 +128,8 @@ class Exchange {
   /** A stored body larger than one slice, written a slice at a time as the client takes it, and how far. */
   storedBody: Buffer | undefined = undefined;
   storedAt = 0;
+  /** Queued behind an earlier response on its HTTP/1.1 connection when it began (see watchQueued). */
+  queued = false;
   /** The cache's part in this request (routes with the cache on). */
   cache: CacheTransaction | undefined = undefined;
 
@@ -168,6 +170,8 @@ export class ProxyEngine {
   readonly countBodies: boolean;
   /** Some https listener has `hsts`: responses on TLS connections look up their listener's value (kHsts). */
   private readonly hsts: boolean;
+  /** proxy.sendTimeout, for answers written without a route (restart-only, like all of proxy.*). */
+  private readonly sendTimeoutMs: number;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -181,6 +185,7 @@ export class ProxyEngine {
     this.accessLog = accessLog.enabled ? accessLog : undefined;
     this.countBodies = accessLog.enabled;
     this.hsts = cfg.listeners.some((l) => l.protocol === 'https' && l.hsts !== undefined);
+    this.sendTimeoutMs = cfg.proxy.sendTimeout;
   }
 
   /** Forwards `req` to `backend`; every outcome is handled inside. */
@@ -195,6 +200,7 @@ export class ProxyEngine {
     }
     res.on('close', onClientClose); // emitted once; `on` spares the once() wrapper
     if (req.httpVersionMajor === 2) watchReset(ex);
+    else if (res.socket === null) watchQueued(ex);
     this.inFlight++;
     if (route.totalTimeoutMs > 0) ex.totalTimer = setTimeout(onTotalTimeout, route.totalTimeoutMs, ex);
     this.attempt(ex, backend);
@@ -208,7 +214,7 @@ export class ProxyEngine {
       // The client's mistake (400/413/414): worth a trace, not an alert.
       this.logger.debug(`${req.method} ${req.url?.slice(0, 200)} -> ${PROXY_ERRORS[code].status} ${code} [request ${requestId}]`);
     }
-    writeError(res, code, requestId, extraHeaders);
+    writeError(res, code, requestId, this.sendTimeoutMs, extraHeaders);
     const status = PROXY_ERRORS[code].status;
     if (this.metrics !== undefined) {
       this.metrics.recordError(code);
@@ -246,6 +252,7 @@ export class ProxyEngine {
     ex.cache = cache;
     res.on('close', onClientClose); // emitted once; `on` spares the once() wrapper
     if (req.httpVersionMajor === 2) watchReset(ex);
+    else if (res.socket === null) watchQueued(ex);
     this.inFlight++;
     this.respondFromCache(ex, cache, cache.stored as StoredResponse);
   }
@@ -273,7 +280,7 @@ export class ProxyEngine {
       for (const name of res.getHeaderNames()) res.removeHeader(name);
       ex.error = 'proxy_internal_error';
       ex.termination = PROXY_ERRORS.proxy_internal_error.termination;
-      writeError(res, 'proxy_internal_error', ex.requestId);
+      writeError(res, 'proxy_internal_error', ex.requestId, ex.route.sendTimeoutMs);
       return;
     }
     if (notModified || ex.req.method === 'HEAD') res.end();
@@ -348,7 +355,7 @@ export class ProxyEngine {
       ex.error = code;
       ex.termination = PROXY_ERRORS[code].termination;
       this.logger.debug(`${ex.req.method} ${ex.req.url} -> 408 ${code}: ${err.message} [request ${ex.requestId}]`);
-      writeError(ex.res, code, ex.requestId);
+      writeError(ex.res, code, ex.requestId, ex.route.sendTimeoutMs);
       return;
     }
     if (beforeResponse) {
@@ -368,7 +375,7 @@ export class ProxyEngine {
       ex.error = code;
       ex.termination = ex.attempts > 1 ? RETRY_LIMIT_EXCEEDED : PROXY_ERRORS[code].termination;
       this.logger.warn(`${ex.req.method} ${ex.req.url} -> ${status} ${code} from "${backend.id}" after ${ex.attempts} attempt(s): ${err.message} [request ${ex.requestId}]`);
-      writeError(ex.res, code, ex.requestId);
+      writeError(ex.res, code, ex.requestId, ex.route.sendTimeoutMs);
       return;
     }
     if (ex.res.writableFinished) return; // answered in full; onClientClose drains the upload
@@ -476,7 +483,7 @@ export class ProxyEngine {
           delete ex.req.headers['if-none-match'];
           delete ex.req.headers['if-modified-since'];
           if (backend !== undefined) this.attempt(ex, backend);
-          else writeError(res, 'proxy_internal_error', ex.requestId);
+          else writeError(res, 'proxy_internal_error', ex.requestId, ex.route.sendTimeoutMs);
           return;
         }
         // Answered from the cache: the backend confirmed the stored response (304), or failed
@@ -560,7 +567,7 @@ export class ProxyEngine {
     ex.error = 'request_too_large';
     ex.termination = PROXY_ERRORS.request_too_large.termination;
     this.logger.warn(`${ex.req.method} ${ex.req.url} -> 413 request_too_large: body passed ${ex.route.maxBodySize} bytes [request ${ex.requestId}]`);
-    writeError(ex.res, 'request_too_large', ex.requestId);
+    writeError(ex.res, 'request_too_large', ex.requestId, ex.route.sendTimeoutMs);
   }
 
   /** @internal the client took none of the response for proxy.sendTimeout; its connection is cut next. */
@@ -579,6 +586,7 @@ export class ProxyEngine {
     if (ex.totalTimer !== undefined) clearTimeout(ex.totalTimer);
     if (ex.headerTimer !== undefined) clearTimeout(ex.headerTimer);
     if (ex.sendTimer !== undefined) clearTimeout(ex.sendTimer);
+    if (ex.queued) (ex.req.socket as QueueingSocket)[kQueued]?.delete(ex);
     if (ex.cache !== undefined) ex.cache.onClose();
     this.inFlight--;
     const up = ex.upstream;
@@ -821,7 +829,7 @@ function onBodyEnd(this: WithExchange<IncomingMessage>): void {
  */
 function stall(ex: Exchange): void {
   ex.stalled = true;
-  ex.sendPending = unsent(ex);
+  ex.sendPending = unsent(ex.req, ex.res);
   if (ex.sendTimer === undefined) ex.sendTimer = setTimeout(onSendTimeout, ex.route.sendTimeoutMs, ex);
   else ex.sendTimer.refresh();
   if (!ex.drainListening && !ex.res.writableEnded) {
@@ -841,15 +849,15 @@ type QueuedSocket = { writableLength?: number; _handle?: { writeQueueSize?: numb
  * 64 KiB slice, at most 64 KiB) at a time. Not the session's bytes sent: a client's pings, answered,
  * would keep a stalled stream alive.
  */
-function unsent(ex: Exchange): number {
-  if (ex.req.httpVersionMajor === 2) return ex.res.writableLength;
-  const conn = ex.req.socket as QueuedSocket | null;
-  return ((ex.res as { outputSize?: number }).outputSize ?? 0) + (conn?.writableLength ?? 0) + (conn?._handle?.writeQueueSize ?? 0) + (conn?._parent?._handle?.writeQueueSize ?? 0);
+function unsent(req: IncomingMessage, res: ServerResponse): number {
+  if (req.httpVersionMajor === 2) return res.writableLength;
+  const conn = req.socket as QueuedSocket | null;
+  return ((res as { outputSize?: number }).outputSize ?? 0) + (conn?.writableLength ?? 0) + (conn?._handle?.writeQueueSize ?? 0) + (conn?._parent?._handle?.writeQueueSize ?? 0);
 }
 
 function onSendTimeout(ex: Exchange): void {
   if (ex.closed || !ex.stalled || ex.res.writableFinished) return;
-  const pending = unsent(ex);
+  const pending = unsent(ex.req, ex.res);
   // Progress: the client took some, just not enough to drain. Or a pipelined HTTP/1.1 response
   // still queued behind an earlier one (no socket yet), which has its own timer: not this one's
   // client stalling. Either way, another sendTimeout from now.
@@ -985,7 +993,7 @@ function onTotalTimeout(ex: Exchange): void {
     // Between two tries (a backoff): no upstream request to cut; answer now, and the pending try is skipped.
     ex.error = 'http_response_timeout';
     ex.termination = PROXY_ERRORS.http_response_timeout.termination;
-    writeError(ex.res, 'http_response_timeout', ex.requestId);
+    writeError(ex.res, 'http_response_timeout', ex.requestId, ex.route.sendTimeoutMs);
   }
   else {
     ex.error = 'http_response_timeout';
@@ -1043,7 +1051,32 @@ function resetByClient(ex: Exchange): void {
 
 function onClientClose(this: WithExchange<ServerResponse>): void {
   const ex = this[kOwner];
-  if (ex !== undefined) ex.engine.onClientClose(ex);
+  if (ex !== undefined && !ex.closed) ex.engine.onClientClose(ex);
+}
+
+const kQueued = Symbol('proxymity.queued');
+type QueueingSocket = Socket & { [kQueued]?: Set<Exchange> };
+
+/**
+ * HTTP/1.1 pipelining: a response queued behind an earlier one on its connection has no socket
+ * yet, and Node emits no `close` for it if the connection dies first: the exchange would stay in
+ * flight for good, holding its backend. One listener per such connection ends them all.
+ */
+function watchQueued(ex: Exchange): void {
+  const socket = ex.req.socket as QueueingSocket;
+  let queued = socket[kQueued];
+  if (queued === undefined) {
+    queued = socket[kQueued] = new Set();
+    socket.once('close', onQueueingSocketClose);
+  }
+  queued.add(ex);
+  ex.queued = true;
+}
+
+function onQueueingSocketClose(this: QueueingSocket): void {
+  const queued = this[kQueued];
+  this[kQueued] = undefined;
+  for (const ex of queued ?? []) if (!ex.closed) ex.engine.onClientClose(ex);
 }
 
 /**
@@ -1080,7 +1113,7 @@ function hstsOf(req: IncomingMessage): string | undefined {
   return socket?.encrypted === true ? socket.server?.[kHsts] : undefined;
 }
 
-function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string, extraHeaders?: readonly string[]): void {
+function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string, sendTimeoutMs: number, extraHeaders?: readonly string[]): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
@@ -1104,6 +1137,28 @@ function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string
   }
   if (unreadUpload && res.req?.httpVersionMajor === 2) res.end(body, () => stopUpload(res));
   else res.end(body);
+  if (!res.writableFinished) watchUnsent(res, sendTimeoutMs);
+}
+
+/**
+ * proxy.sendTimeout for an answer written in one go with no exchange to time it (the proxy's own
+ * error answers): one that is not all taken (an HTTP/2 window of 0, a client that reads nothing)
+ * is cut when the client took none of it for sendTimeout, as the relay's are (see onSendTimeout).
+ */
+function watchUnsent(res: ServerResponse, ms: number): void {
+  const req = res.req as IncomingMessage;
+  let pending = unsent(req, res);
+  const timer = setInterval(() => {
+    if (res.writableFinished || res.destroyed || req.socket?.destroyed === true) return clearInterval(timer);
+    const now = unsent(req, res);
+    if (now < pending || (req.httpVersionMajor !== 2 && res.socket == null)) {
+      pending = now;
+      return;
+    }
+    clearInterval(timer);
+    cut(res, 'client send timeout');
+  }, ms);
+  res.once('close', () => clearInterval(timer));
 }
 
 /**

@@ -386,6 +386,40 @@ describe('client-side timeouts', () => {
     assert.equal(line.termination, null);
   });
 
+  it('ends a pipelined exchange still queued when its client goes away', { timeout: 20_000 }, async () => {
+    // The second response waits behind the first, with no socket of its own: Node emits no
+    // `close` for it when the connection dies, so the proxy must end it from the connection's.
+    const base = engine.inFlight;
+    const s = net.connect(sut.port, '127.0.0.1', () => {
+      s.write(`GET /bytes/${64 * MiB}?queued-a HTTP/1.1\r\nhost: x\r\n\r\nGET /bytes/${MiB}?queued-b HTTP/1.1\r\nhost: x\r\n\r\n`);
+    });
+    s.on('error', () => undefined);
+    s.pause(); // reads nothing
+    await pollUntil(() => engine.inFlight, (n) => n === base + 2, { timeoutMs: 3000, what: 'both exchanges started' });
+    s.destroy();
+    await pollUntil(() => engine.inFlight, (n) => n === base, { timeoutMs: 3000, what: 'both exchanges ended' });
+    for (const b of registry.all) assert.equal(b.inFlight, 0, `${b.id} in flight`);
+    assert.equal((await logLine(`/bytes/${MiB}?queued-b`)).status, 499);
+  });
+
+  it('bounds the proxy\'s own answer by sendTimeout when the client cannot take it (HTTP/2 window 0, stalled upload)', { timeout: 20_000 }, async () => {
+    const base = engine.inFlight;
+    const client = http2.connect(sut.listeners.tls as string, { ca: readFileSync(ca.caCert), servername: 'a.test', settings: { initialWindowSize: 0 } });
+    client.on('error', () => undefined);
+    try {
+      const req = client.request({ ':path': '/h2-upload-stalls-window-0', ':method': 'POST', ':authority': 'a.test', 'content-type': 'text/plain' });
+      req.on('error', () => undefined);
+      req.write('x'.repeat(10)); // and never ends
+      const status = await new Promise<number>((resolve) => req.once('response', (h) => resolve(Number(h[':status']))));
+      assert.equal(status, 408); // the headers go out; the body cannot
+      await new Promise((resolve) => req.once('close', resolve));
+      assert.equal(req.rstCode, http2.constants.NGHTTP2_INTERNAL_ERROR, 'cut after sendTimeout');
+      await pollUntil(() => engine.inFlight, (n) => n === base, { timeoutMs: 3000, what: 'the exchange to end with the session still open' });
+    } finally {
+      client.close();
+    }
+  });
+
   it('answers 408 to an HTTP/2 upload the client stops sending, and ends the stream so nothing stays in flight', { timeout: 20_000 }, async () => {
     const base = engine.inFlight;
     const client = http2.connect(sut.listeners.tls as string, { ca: readFileSync(ca.caCert), servername: 'a.test' });
