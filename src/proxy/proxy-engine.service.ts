@@ -170,8 +170,8 @@ export class ProxyEngine {
   readonly countBodies: boolean;
   /** Some https listener has `hsts`: responses on TLS connections look up their listener's value (kHsts). */
   private readonly hsts: boolean;
-  /** proxy.sendTimeout, for answers written without a route (restart-only, like all of proxy.*). */
-  private readonly sendTimeoutMs: number;
+  /** proxy.sendTimeout (restart-only, like all of proxy.*). */
+  readonly sendTimeoutMs: number;
 
   constructor(
     private readonly registry: BackendRegistry,
@@ -280,7 +280,7 @@ export class ProxyEngine {
       for (const name of res.getHeaderNames()) res.removeHeader(name);
       ex.error = 'proxy_internal_error';
       ex.termination = PROXY_ERRORS.proxy_internal_error.termination;
-      writeError(res, 'proxy_internal_error', ex.requestId, ex.route.sendTimeoutMs);
+      writeError(res, 'proxy_internal_error', ex.requestId, this.sendTimeoutMs);
       return;
     }
     if (notModified || ex.req.method === 'HEAD') res.end();
@@ -355,7 +355,7 @@ export class ProxyEngine {
       ex.error = code;
       ex.termination = PROXY_ERRORS[code].termination;
       this.logger.debug(`${ex.req.method} ${ex.req.url} -> 408 ${code}: ${err.message} [request ${ex.requestId}]`);
-      writeError(ex.res, code, ex.requestId, ex.route.sendTimeoutMs);
+      writeError(ex.res, code, ex.requestId, this.sendTimeoutMs);
       return;
     }
     if (beforeResponse) {
@@ -375,7 +375,7 @@ export class ProxyEngine {
       ex.error = code;
       ex.termination = ex.attempts > 1 ? RETRY_LIMIT_EXCEEDED : PROXY_ERRORS[code].termination;
       this.logger.warn(`${ex.req.method} ${ex.req.url} -> ${status} ${code} from "${backend.id}" after ${ex.attempts} attempt(s): ${err.message} [request ${ex.requestId}]`);
-      writeError(ex.res, code, ex.requestId, ex.route.sendTimeoutMs);
+      writeError(ex.res, code, ex.requestId, this.sendTimeoutMs);
       return;
     }
     if (ex.res.writableFinished) return; // answered in full; onClientClose drains the upload
@@ -483,7 +483,7 @@ export class ProxyEngine {
           delete ex.req.headers['if-none-match'];
           delete ex.req.headers['if-modified-since'];
           if (backend !== undefined) this.attempt(ex, backend);
-          else writeError(res, 'proxy_internal_error', ex.requestId, ex.route.sendTimeoutMs);
+          else writeError(res, 'proxy_internal_error', ex.requestId, this.sendTimeoutMs);
           return;
         }
         // Answered from the cache: the backend confirmed the stored response (304), or failed
@@ -567,13 +567,13 @@ export class ProxyEngine {
     ex.error = 'request_too_large';
     ex.termination = PROXY_ERRORS.request_too_large.termination;
     this.logger.warn(`${ex.req.method} ${ex.req.url} -> 413 request_too_large: body passed ${ex.route.maxBodySize} bytes [request ${ex.requestId}]`);
-    writeError(ex.res, 'request_too_large', ex.requestId, ex.route.sendTimeoutMs);
+    writeError(ex.res, 'request_too_large', ex.requestId, this.sendTimeoutMs);
   }
 
   /** @internal the client took none of the response for proxy.sendTimeout; its connection is cut next. */
   onSendTimeout(ex: Exchange): void {
     // The client's doing: logged as such; the close that follows cancels the upstream request.
-    this.logger.debug(`${ex.req.method} ${ex.req.url}: the client took none of the response for ${ex.route.sendTimeoutMs} ms (proxy.sendTimeout); connection closed [request ${ex.requestId}]`);
+    this.logger.debug(`${ex.req.method} ${ex.req.url}: the client took none of the response for ${this.sendTimeoutMs} ms (proxy.sendTimeout); connection closed [request ${ex.requestId}]`);
   }
 
   /** @internal the client connection closed: normal end, or the client gave up. */
@@ -830,7 +830,7 @@ function onBodyEnd(this: WithExchange<IncomingMessage>): void {
 function stall(ex: Exchange): void {
   ex.stalled = true;
   ex.sendPending = unsent(ex.req, ex.res);
-  if (ex.sendTimer === undefined) ex.sendTimer = setTimeout(onSendTimeout, ex.route.sendTimeoutMs, ex);
+  if (ex.sendTimer === undefined) ex.sendTimer = setTimeout(onSendTimeout, ex.engine.sendTimeoutMs, ex);
   else ex.sendTimer.refresh();
   if (!ex.drainListening && !ex.res.writableEnded) {
     ex.drainListening = true;
@@ -855,13 +855,20 @@ function unsent(req: IncomingMessage, res: ServerResponse): number {
   return ((res as { outputSize?: number }).outputSize ?? 0) + (conn?.writableLength ?? 0) + (conn?._handle?.writeQueueSize ?? 0) + (conn?._parent?._handle?.writeQueueSize ?? 0);
 }
 
+/**
+ * Whether a client took none of a response since `before` (an `unsent()` reading): not when the
+ * measure went down (it took some, just not enough to drain), nor for a pipelined HTTP/1.1
+ * response still queued behind an earlier one (no socket yet), which has its own timer. Either
+ * way the caller gives it another sendTimeout.
+ */
+function heldUp(req: IncomingMessage, res: ServerResponse, before: number, now: number): boolean {
+  return now >= before && (req.httpVersionMajor === 2 || res.socket != null);
+}
+
 function onSendTimeout(ex: Exchange): void {
   if (ex.closed || !ex.stalled || ex.res.writableFinished) return;
   const pending = unsent(ex.req, ex.res);
-  // Progress: the client took some, just not enough to drain. Or a pipelined HTTP/1.1 response
-  // still queued behind an earlier one (no socket yet), which has its own timer: not this one's
-  // client stalling. Either way, another sendTimeout from now.
-  if (pending < ex.sendPending || (ex.req.httpVersionMajor !== 2 && ex.res.socket == null)) {
+  if (!heldUp(ex.req, ex.res, ex.sendPending, pending)) {
     ex.sendPending = pending;
     ex.sendTimer?.refresh();
     return;
@@ -993,7 +1000,7 @@ function onTotalTimeout(ex: Exchange): void {
     // Between two tries (a backoff): no upstream request to cut; answer now, and the pending try is skipped.
     ex.error = 'http_response_timeout';
     ex.termination = PROXY_ERRORS.http_response_timeout.termination;
-    writeError(ex.res, 'http_response_timeout', ex.requestId, ex.route.sendTimeoutMs);
+    writeError(ex.res, 'http_response_timeout', ex.requestId, ex.engine.sendTimeoutMs);
   }
   else {
     ex.error = 'http_response_timeout';
@@ -1151,7 +1158,7 @@ function watchUnsent(res: ServerResponse, ms: number): void {
   const timer = setInterval(() => {
     if (res.writableFinished || res.destroyed || req.socket?.destroyed === true) return clearInterval(timer);
     const now = unsent(req, res);
-    if (now < pending || (req.httpVersionMajor !== 2 && res.socket == null)) {
+    if (!heldUp(req, res, pending, now)) {
       pending = now;
       return;
     }

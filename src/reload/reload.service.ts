@@ -102,8 +102,8 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     try {
       const changes = this.registry.apply(next);
       const pools = this.lb.build(next);
-      // Routes take proxy.maxBodySize and proxy.sendTimeout from `proxy`, which is restart-only
-      // (as the warning says): they keep the values the process started with.
+      // Routes take proxy.maxBodySize from `proxy`, which is restart-only (as the warning says):
+      // they keep the value the process started with.
       this.routing.build({ ...next, proxy: this.boot.proxy });
       this.cache.configure(next.cache);
       this.store.replace(next);

@@ -43,8 +43,6 @@ export class Route {
   readonly totalTimeoutMs: number;
   /** 0 = no limit. */
   readonly maxBodySize: number;
-  /** proxy.sendTimeout: longest a client may take none of the response ready for it. */
-  readonly sendTimeoutMs: number;
   /** "client", "backend", or a literal Host value. */
   readonly hostHeader: string;
   readonly requestHeaders: HeaderOps | undefined;
@@ -104,7 +102,6 @@ export class Route {
     this.headerTimeoutMs = header !== undefined && header < global.upstream.timeout ? header : 0;
     this.totalTimeoutMs = cfg.timeouts?.totalTimeout ?? global.upstream.totalTimeout;
     this.maxBodySize = cfg.maxBodySize ?? global.proxy.maxBodySize;
-    this.sendTimeoutMs = global.proxy.sendTimeout;
   }
 
   /** Whether the request matches; `path` is the request target without its query string. */
