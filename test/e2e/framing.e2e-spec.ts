@@ -200,3 +200,65 @@ describe('invalid upstream framing and oversized headers', () => {
     }
   });
 });
+
+describe('response bodies, byte for byte', () => {
+  /** Every byte value, over and over (a body the proxy writes as a latin1 string must lose none). */
+  const pattern = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + 0x80) & 0xff));
+
+  it('relays bodies of every byte value unchanged: small and large, Content-Length, chunked, and a small first chunk followed by more', async () => {
+    const origin = http.createServer((req, res) => {
+      const m = /^\/(cl|chunked|split)\/(\d+)$/.exec(req.url ?? '') ?? ['', 'cl', '0'];
+      const body = pattern(Number(m[2]));
+      if (m[1] === 'cl') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+        res.end(body);
+      } else if (m[1] === 'chunked') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        res.write(body);
+        res.end();
+      } else {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+        res.write(body.subarray(0, 10));
+        setTimeout(() => res.end(body.subarray(10)), 20);
+      }
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+    // One connection for all of them: every response must leave it fit for the next.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const cases: [string, number][] = [];
+      for (const n of [1, 3, 255, 256, 2047, 2048, 2049, 16_384, 70_000]) cases.push(['cl', n], ['chunked', n]);
+      cases.push(['split', 100], ['split', 70_000]);
+      for (const [kind, n] of cases) {
+        const got = await new Promise<{ status: number; body: Buffer; te?: string }>((resolve, reject) => {
+          http.get(`${sut.url}/${kind}/${n}`, { agent }, (res) => {
+            const parts: Buffer[] = [];
+            res.on('data', (c: Buffer) => parts.push(c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts), te: res.headers['transfer-encoding'] }));
+          }).on('error', reject);
+        });
+        assert.equal(got.status, 200, `${kind}/${n}`);
+        assert.equal(got.te, kind === 'chunked' ? 'chunked' : undefined, `${kind}/${n} framing`);
+        assert.ok(got.body.equals(pattern(n)), `${kind}/${n}: the ${got.body.length} bytes relayed differ from the ${n} sent`);
+      }
+      // HTTP/1.0: no chunked framing; a chunked answer is delimited by the close.
+      for (const kind of ['cl', 'chunked']) {
+        const answer = await new Promise<Buffer>((resolve, reject) => {
+          const s = net.connect(sut.port, '127.0.0.1', () => s.write(`GET /${kind}/300 HTTP/1.0\r\nHost: x\r\n\r\n`));
+          const parts: Buffer[] = [];
+          s.on('data', (d: Buffer) => parts.push(d));
+          s.on('end', () => resolve(Buffer.concat(parts)));
+          s.on('error', reject);
+        });
+        const split = answer.indexOf('\r\n\r\n');
+        assert.match(answer.subarray(0, split).toString('latin1'), /^HTTP\/1\.1 200 /);
+        assert.ok(answer.subarray(split + 4).equals(pattern(300)), `HTTP/1.0 ${kind}: body differs`);
+      }
+    } finally {
+      agent.destroy();
+      await sut.close();
+      origin.close();
+    }
+  });
+});
