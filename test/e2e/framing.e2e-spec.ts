@@ -202,7 +202,7 @@ describe('invalid upstream framing and oversized headers', () => {
 });
 
 describe('response bodies, byte for byte', () => {
-  /** Every byte value, over and over (a body the proxy writes as a latin1 string must lose none). */
+  /** Every byte value, over and over: no byte may be lost or re-encoded on the way. */
   const pattern = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + 0x80) & 0xff));
 
   it('relays bodies of every byte value unchanged: small and large, Content-Length, chunked, and a small first chunk followed by more', async () => {
