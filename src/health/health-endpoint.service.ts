@@ -14,6 +14,7 @@ import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:ht
 import { Injectable, Logger, ServiceUnavailableException, type OnModuleInit } from '@nestjs/common';
 import { HealthCheckService } from '@nestjs/terminus';
 import { kOwner, type Owned } from '../backend/upstream-request.js';
+import { hstsOf } from '../proxy/hsts.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
 import { BackendsHealthIndicator } from './backends.health.js';
 
@@ -64,6 +65,8 @@ export function sendLikeProxied(res: ServerResponse, status: number, headers: st
   headers.push('content-length', String(bytes.length));
   const id = (res.req as IncomingMessage | undefined)?.headers['x-request-id'];
   if (typeof id === 'string') headers.push('x-request-id', id);
+  const hsts = res.req !== undefined ? hstsOf(res.req) : undefined;
+  if (hsts !== undefined) headers.push('strict-transport-security', hsts);
   // HTTP/2 has no reason phrase (Node warns when one is given), as in the engine.
   if ((res.req as IncomingMessage | undefined)?.httpVersionMajor === 2) res.writeHead(status, headers);
   else res.writeHead(status, STATUS_CODES[status] ?? '', headers);

@@ -40,6 +40,7 @@ import type { CacheTransaction } from '../cache/cache-transaction.js';
 import { NOT_MODIFIED_FIELDS, type StoredResponse } from '../cache/stored-response.js';
 import { buildResponseHeaders, VIA_11 } from './hop-headers.js';
 import { rawHeader } from '../backend/raw-header.js';
+import { hstsOf } from './hsts.js';
 import {
   classifyUpstreamError,
   CLIENT_CLOSED,
@@ -148,10 +149,6 @@ class Exchange {
     this.writtenBefore = req.socket?.bytesWritten ?? Number.NaN;
   }
 }
-
-/** On an https listener's server: the Strict-Transport-Security value of that listener (`listeners[].hsts`). */
-export const kHsts = Symbol('proxymity.hsts');
-export type HstsServer = { [kHsts]?: string };
 
 @Injectable()
 export class ProxyEngine {
@@ -1110,15 +1107,6 @@ function isBodyless(req: IncomingMessage): boolean {
 
 const ERROR_HEAD_503 = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store', 'retry-after', '1'];
 const ERROR_HEAD = ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'];
-
-/**
- * The Strict-Transport-Security value of the https listener a request came in on, if it has one:
- * its server carries it (set by ListenersService); HTTP/2's socket proxy reaches it too.
- */
-function hstsOf(req: IncomingMessage): string | undefined {
-  const socket = req.socket as { encrypted?: boolean; server?: HstsServer } | null;
-  return socket?.encrypted === true ? socket.server?.[kHsts] : undefined;
-}
 
 function writeError(res: ServerResponse, code: ProxyErrorCode, requestId: string, sendTimeoutMs: number, extraHeaders?: readonly string[]): void {
   if (res.headersSent || res.destroyed) {

@@ -8,6 +8,7 @@ import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs
 import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
+import { hstsOfSocket } from './hsts.js';
 import { ProxyMiddleware } from './proxy.middleware.js';
 import { UpgradeProxy } from './upgrade-proxy.service.js';
 
@@ -57,17 +58,28 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
     });
 
     applyClientTimeouts(server, this.cfg.proxy);
-    server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-      if (err.code === 'ECONNRESET' || !socket.writable) {
-        socket.destroy();
-        return;
-      }
-      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-      const text = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
-      const body = `${status} ${text}: ${err.code ?? 'malformed request'}\n`;
-      socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
-    });
+    server.on('clientError', answerClientError);
   }
+}
+
+/**
+ * A request Node could not parse (malformed, headers too large, headers too slow): 400, 431 or
+ * 408 naming the parser's error, then the connection closes. Every listener uses it; on an https
+ * listener with `hsts` the answer carries it too.
+ */
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const text = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
+  const body = `${status} ${text}: ${err.code ?? 'malformed request'}\n`;
+  const hsts = hstsOfSocket(socket);
+  socket.end(
+    `HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n` +
+      `${hsts !== undefined ? `strict-transport-security: ${hsts}\r\n` : ''}connection: close\r\n\r\n${body}`,
+  );
 }
 
 /** The timeout properties Node's HTTP/1.1 server code reads from its server (http, https, and HTTP/2's HTTP/1.1 fallback). */

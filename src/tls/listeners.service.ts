@@ -23,11 +23,11 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
-import { kHsts, type HstsServer } from '../proxy/proxy-engine.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
-import { applyClientTimeouts, type ClientTimeoutTarget } from '../proxy/proxy-server.binding.js';
+import { answerClientError, applyClientTimeouts, type ClientTimeoutTarget } from '../proxy/proxy-server.binding.js';
 import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
 import { CertificateSet, loadCertificate } from './certificate-store.js';
+import { kHsts, type HstsServer } from '../proxy/hsts.js';
 
 type ListenerConfig = ProxymityConfig['listeners'][number];
 
@@ -132,6 +132,8 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
       // (Node reads them from the HTTP/2 server as from an http one).
       const p = this.cfg.proxy;
       applyClientTimeouts(server as ClientTimeoutTarget, p);
+      // A request Node cannot parse gets the same answer as on the main listener (HSTS included).
+      server.on('clientError', answerClientError);
       await new Promise<void>((resolveListen, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(new ListenerError(`cannot listen on ${name} ${l.host}:${l.port}: ${err.code ?? ''} (${err.message})`)));
         server.listen(l.port, l.host, () => resolveListen());

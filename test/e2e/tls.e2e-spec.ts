@@ -28,6 +28,18 @@ import { withAdminPortZero } from '../helpers/processes.js';
 
 const execFileAsync = promisify(execFile);
 
+/** Sends raw bytes over TLS (HTTP/1.1 by ALPN), returns everything answered until the close (or 2 s). */
+function rawTls(port: number, bytes: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername: 'a.test', ALPNProtocols: ['http/1.1'], rejectUnauthorized: false }, () => s.write(bytes));
+    let out = '';
+    s.on('data', (d) => (out += d));
+    s.on('close', () => resolve(out));
+    s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' ? resolve(out) : reject(e)));
+    s.setTimeout(2000, () => s.destroy());
+  });
+}
+
 /** The certificate a TLS client gets for `servername` (subject CN and serial). */
 function peerCert(port: number, servername: string | undefined, ca: string): Promise<{ cn: string; serial: string }> {
   return new Promise((resolve, reject) => {
@@ -122,7 +134,7 @@ listeners:
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000');
   });
 
-  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none; on the proxy\'s own error answers too', async () => {
+  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none; on the proxy\'s own answers too (errors, /health, a malformed request)', async () => {
     const h1 = (url: string, path = '/hsts') =>
       new Promise<http.IncomingHttpHeaders>((resolve, reject) => {
         const u = new URL(url);
@@ -151,6 +163,15 @@ listeners:
       const tooLong = await h1(sut.listeners[name], `/${'a'.repeat(9000)}`);
       assert.equal(tooLong[':status'], '414', name);
       assert.equal(tooLong['strict-transport-security'], want, `${name}: the proxy's 414`);
+      // The proxy's own health endpoint.
+      const health = await h1(sut.listeners[name], '/health');
+      assert.equal(health[':status'], '200', name);
+      assert.equal(health['strict-transport-security'], want, `${name}: /health`);
+      // A request Node cannot parse: the same 400 as on the main listener, naming the error.
+      const bad = await rawTls(Number(new URL(sut.listeners[name]).port), 'GET / HTTP/1.1\r\nHost: a.test\r\nBad Header: x\r\n\r\n');
+      assert.match(bad, /^HTTP\/1\.1 400 Bad Request\r\n/, name);
+      assert.match(bad, /\r\n\r\n400 Bad Request: HPE_INVALID_HEADER_TOKEN\n$/, name);
+      assert.equal(/^strict-transport-security: (.*)\r$/m.exec(bad)?.[1], want, `${name}: the 400 for a malformed request`);
     }
   });
 
