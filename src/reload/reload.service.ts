@@ -10,8 +10,8 @@
  * Requests in flight keep the route, pool and policies they started with; removed backends
  * take no new requests and are closed once idle.
  */
-import { watch, type FSWatcher } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { realpathSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import { ResponseCacheService } from '../cache/response-cache.service.js';
@@ -62,9 +62,7 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     const dir = dirname(resolve(file));
     try {
       this.watcher = watch(dir, (_event, changed) => {
-        // Any name: a Kubernetes ConfigMap swaps a `..data` symlink, never touching the file's own
-        // name. An unchanged file is recognised by its version and costs one parse.
-        void changed;
+        if (changed != null && !isConfigEntry(String(changed), file, dir)) return;
         if (this.debounce !== undefined) clearTimeout(this.debounce);
         this.debounce = setTimeout(() => void this.reloadFromFile('file change'), DEBOUNCE_MS);
       });
@@ -128,5 +126,23 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     this.metrics.recordReload('failure');
     this.logger.error(`config reload (${trigger}) refused, keeping version ${this.store.version}:\n${problems.join('\n')}`);
     return { result: 'failure', version: this.store.version, trigger, details: problems };
+  }
+}
+
+/**
+ * Whether a change to `name` in the config file's directory can change the config: the file
+ * itself (editors and config management replace it by a rename onto its name), the file a
+ * symlink of that name points to in the same directory, or a name starting with `..` (a
+ * Kubernetes ConfigMap swaps its `..data` symlink and never touches the file's own name). Other
+ * names there (an access log written next to the config, say) are not looked at; an unchanged
+ * file would cost a parse per change. Platforms that give no name reload on every change.
+ */
+export function isConfigEntry(name: string, file: string, dir: string): boolean {
+  if (name === basename(file) || name.startsWith('..')) return true;
+  try {
+    const target = realpathSync(file);
+    return dirname(target) === realpathSync(dir) && basename(target) === name;
+  } catch {
+    return false; // the file is gone for now: its own name coming back is what counts
   }
 }

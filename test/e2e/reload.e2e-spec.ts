@@ -4,16 +4,17 @@
  * sending requests. Not one request may fail, and traffic must follow each new config.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdtempSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfigFile } from '../../src/config/index.js';
 import { startProxymity, type RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
-import { delta, scrape } from '../helpers/metrics.js';
+import { delta, sample, scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
 
 const TOKEN = 'reload-test-admin-token';
@@ -206,5 +207,48 @@ describe('hot reload', () => {
     assert.equal(res.status, 422);
     assert.match(res.body, /weight/);
     assert.deepEqual([...(await servedBy('/p', 2))], ['b4']);
+  });
+});
+
+describe('config file watch', () => {
+  it('reparses on a change to the file, its symlink target or a ConfigMap `..` entry, and not on other files in its directory', async () => {
+    const backends = await startBackends(1);
+    const dir = mkdtempSync(join(tmpdir(), 'proxymity-watch-'));
+    // The config is a symlink to a file beside it, as a deploy that swaps symlinks has it.
+    const real = join(dir, 'proxymity-v1.yaml');
+    const file = join(dir, 'proxymity.yaml');
+    writeFileSync(real, configText(backends, [{ name: 'b1' }]));
+    symlinkSync('proxymity-v1.yaml', file);
+    // A second name for the same file outside the watched directory: a write through it changes
+    // the config without any event in the directory, so a reparse shows as a refused reload.
+    const link = join(mkdtempSync(join(tmpdir(), 'proxymity-watch-link-')), 'same-inode.yaml');
+    linkSync(real, link);
+    const sut = await startProxymity(loadConfigFile(file), { logger: false, configFile: file });
+    const failures = async () => sample(await scrape(sut.adminUrl!, TOKEN), 'proxymity_config_reloads_total', { result: 'failure' });
+    const refused = (n: number, what: string) => pollUntil(failures, (f) => f === n, { timeoutMs: 3000, what });
+    try {
+      writeFileSync(link, 'proxy: [broken\n');
+      // Other files in the directory (an access log written there, notes): not the config.
+      for (let i = 0; i < 3; i++) writeFileSync(join(dir, 'access.log'), `line ${i}\n`, { flag: 'a' });
+      writeFileSync(join(dir, 'notes.txt'), 'x');
+      await sleep(800); // four debounce periods
+      assert.equal(await failures(), 0, 'a change to another file in the directory made the proxy reparse its config');
+      // A ConfigMap's update: a new `..data` symlink renamed into place.
+      symlinkSync('proxymity-v1.yaml', join(dir, '..data_tmp'));
+      renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+      await refused(1, 'the ..data swap reparsed');
+      // The file the symlink points to, written in place.
+      writeFileSync(real, 'proxy: [still broken\n');
+      await refused(2, 'a change to the symlink target reparsed');
+      // The file's own name, replaced by a rename as config management does.
+      writeFileSync(join(dir, '.proxymity.yaml.tmp'), 'proxy: [broken again\n');
+      renameSync(join(dir, '.proxymity.yaml.tmp'), file);
+      await refused(3, 'a rename onto the file reparsed');
+      // Refused every time: the running config still serves.
+      assert.equal((await request(`${sut.url}/still-serving`)).status, 200);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
   });
 });
