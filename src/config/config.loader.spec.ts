@@ -124,6 +124,20 @@ describe('parseConfig', () => {
     assert.match(problems('backend:\n  - url: http://h:1\nbackend:\n  - url: http://h:2\n'), /YAML: Map keys must be unique/);
   });
 
+  it('rejects a header value Node could not write (a line break, a control character, a space at an end), wherever the proxy writes one', () => {
+    // A YAML block scalar keeps its final line break: `hsts: |` would crash the answer to /health, and
+    // a route's header change would make every response through it a 502 blamed on the backend.
+    const msg = problems(
+      'backend:\n  - url: http://h:1\n' +
+        'listeners:\n  - {port: 8443, protocol: https, certificates: [{cert: /x.crt, key: /x.key}], hsts: "max-age=1\\r\\nx-injected: yes"}\n' +
+        'routes:\n  - responseHeaders: {set: {x-a: "a\\u0000b"}, add: {x-b: " padded"}}\n' +
+        'healthCheck:\n  headers: {x-c: "tab at the end\\t"}\n',
+    );
+    for (const path of ['listeners[0].hsts', 'routes[0].responseHeaders.set.x-a', 'routes[0].responseHeaders.add.x-b', 'healthCheck.headers.x-c']) {
+      assert.match(msg, new RegExp(`${path.replace(/[[\].]/g, '\\$&')}: must be one header value: printable ASCII and spaces, no line break or other control character, no space at either end`), path);
+    }
+  });
+
   it('rejects a wrong type with the value it got', () => {
     assert.match(problems('backend:\n  - url: http://h:1\n    enabled: "yes"\n'), /backend\[0\]\.enabled: expected boolean, got "yes"/);
   });

@@ -97,6 +97,10 @@ const expectStatus = z.union([statusItem, z.array(statusItem).min(1)]).transform
   }),
 );
 const headerName = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
+/** One header field value as it may be written (RFC 9110 §5.5, ASCII): no control character, no space at either end. */
+const HEADER_VALUE = /^(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?$/;
+const HEADER_VALUE_MESSAGE = 'must be one header value: printable ASCII and spaces, no line break or other control character, no space at either end';
+const headerValue = z.string().regex(HEADER_VALUE, { message: HEADER_VALUE_MESSAGE });
 
 /** Fields of a health check, without defaults: `healthCheck` adds them, `backend[].healthCheck` overrides. */
 const healthCheckFields = {
@@ -111,7 +115,7 @@ const healthCheckFields = {
   unhealthyThreshold: positiveInt(100),
   expectStatus,
   expectBody: z.string().min(1).refine((v) => compilesIfRegex(v), { error: 'invalid regular expression' }),
-  headers: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()),
+  headers: z.record(z.string().regex(headerName, { message: 'expected a header name' }), headerValue),
   port: z.number().int().min(1).max(65535),
   initialState: z.enum(['healthy', 'unknown']),
   cooldown: duration({ min: 100, max: 3_600_000 }),
@@ -209,8 +213,8 @@ const retryFields = {
 
 const headerOps = z
   .strictObject({
-    set: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()).prefault({}).describe('Headers set (replacing any value).'),
-    add: z.record(z.string().regex(headerName, { message: 'expected a header name' }), z.string()).prefault({}).describe('Headers added (after any existing value).'),
+    set: z.record(z.string().regex(headerName, { message: 'expected a header name' }), headerValue).prefault({}).describe('Headers set (replacing any value).'),
+    add: z.record(z.string().regex(headerName, { message: 'expected a header name' }), headerValue).prefault({}).describe('Headers added (after any existing value).'),
     remove: z.array(z.string().regex(headerName, { message: 'expected a header name' })).prefault([]).describe('Headers removed.'),
   })
   .describe('Header changes: remove, then set, then add.');
@@ -406,7 +410,12 @@ export const configSchema = z
             .optional()
             .describe('https: certificates, chosen by SNI (exact name, then wildcard, then the first one). Reloaded when the files change and on SIGHUP.'),
           http2: z.boolean().prefault(true).describe('https: offer HTTP/2 (ALPN h2) besides HTTP/1.1. Default true.'),
-          hsts: z.string().min(1).optional().describe('https: Strict-Transport-Security value added to responses, e.g. "max-age=31536000; includeSubDomains". Default: none.'),
+          hsts: z
+            .string()
+            .min(1)
+            .regex(HEADER_VALUE, { message: HEADER_VALUE_MESSAGE })
+            .optional()
+            .describe('https: Strict-Transport-Security value added to responses, e.g. "max-age=31536000; includeSubDomains". Default: none.'),
           redirectPort: port.prefault(443).describe('redirect: the https port in Location (omitted when 443). Default 443.'),
         }),
       )

@@ -40,16 +40,23 @@ export class HealthEndpoint implements OnModuleInit {
       send(res, 405, 'text/plain; charset=utf-8', `405 Method Not Allowed: ${method} (use GET or HEAD)\n`, false, ['allow', 'GET, HEAD']);
       return;
     }
-    this.health.check([() => this.backends.check('backends')]).then(
-      (result) => send(res, 200, JSON_TYPE, JSON.stringify(result), method === 'HEAD'),
-      (err: unknown) => {
-        if (err instanceof ServiceUnavailableException) send(res, 503, JSON_TYPE, JSON.stringify(err.getResponse()), method === 'HEAD');
-        else {
-          this.logger.error(`health check failed: ${(err as Error).stack ?? String(err)}`);
-          send(res, 500, 'text/plain; charset=utf-8', '500 Internal Server Error: health check failed\n', method === 'HEAD');
-        }
-      },
-    );
+    this.health
+      .check([() => this.backends.check('backends')])
+      .then(
+        (result) => send(res, 200, JSON_TYPE, JSON.stringify(result), method === 'HEAD'),
+        (err: unknown) => {
+          if (err instanceof ServiceUnavailableException) send(res, 503, JSON_TYPE, JSON.stringify(err.getResponse()), method === 'HEAD');
+          else {
+            this.logger.error(`health check failed: ${(err as Error).stack ?? String(err)}`);
+            send(res, 500, 'text/plain; charset=utf-8', '500 Internal Server Error: health check failed\n', method === 'HEAD');
+          }
+        },
+      )
+      .catch((err: unknown) => {
+        // Writing the answer failed (Node refused a header, say): this request fails, the process stays up.
+        this.logger.error(`health answer failed: ${(err as Error).stack ?? String(err)}`);
+        res.destroy();
+      });
   }
 }
 

@@ -63,23 +63,45 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
 }
 
 /**
- * A request Node could not parse (malformed, headers too large, headers too slow): 400, 431 or
- * 408 naming the parser's error, then the connection closes. Every listener uses it; on an https
- * listener with `hsts` the answer carries it too.
+ * A request Node could not parse (malformed, headers or a chunk extension too large, headers too
+ * slow): 400, 431, 413 or 408 naming the parser's error, on the main listener and the extra ones
+ * (on an https listener with `hsts`, with it). As Node's own handler does, nothing is written
+ * once a response on the connection has begun (its body would be corrupted) and anything that
+ * is not the HTTP parser's, such as a TLS handshake that timed out, only closes the socket. The
+ * answer goes out with a FIN; the socket is destroyed once the client closes too, or after
+ * CLOSE_GRACE_MS (the client may still be sending what the proxy will not read).
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  if (err.code === 'ECONNRESET' || !socket.writable) {
+  const code = err.code ?? '';
+  const ours = code.startsWith('HPE_') || code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const inFlight = (socket as { _httpMessage?: { _headerSent?: boolean } | null })._httpMessage;
+  if (!ours || !socket.writable || inFlight?._headerSent === true) {
     socket.destroy();
     return;
   }
-  const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-  const text = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
-  const body = `${status} ${text}: ${err.code ?? 'malformed request'}\n`;
+  const [status, text] = CLIENT_ERROR_STATUS[code] ?? BAD_REQUEST;
+  const body = `${status} ${text}: ${code}\n`;
   const hsts = hstsOfSocket(socket);
   socket.end(
     `HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n` +
       `${hsts !== undefined ? `strict-transport-security: ${hsts}\r\n` : ''}connection: close\r\n\r\n${body}`,
   );
+  const grace = setTimeout(destroySocket, CLOSE_GRACE_MS, socket);
+  grace.unref();
+  socket.once('close', () => clearTimeout(grace));
+}
+
+/** How long a connection answered for an unparsable request may stay half-open. */
+const CLOSE_GRACE_MS = 2000;
+const BAD_REQUEST: readonly [number, string] = [400, 'Bad Request'];
+const CLIENT_ERROR_STATUS: Readonly<Record<string, readonly [number, string]>> = {
+  HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, 'Payload Too Large'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout'],
+};
+
+function destroySocket(socket: Duplex): void {
+  socket.destroy();
 }
 
 /** The timeout properties Node's HTTP/1.1 server code reads from its server (http, https, and HTTP/2's HTTP/1.1 fallback). */
