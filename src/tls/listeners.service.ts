@@ -128,10 +128,11 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
           if (!session.destroyed && !session.closed) session.destroy();
         });
       });
-      // The plain listener's client timeouts apply here too, HTTP/2's HTTP/1.1 fallback included
-      // (Node reads them from the HTTP/2 server as from an http one).
+      // The plain listener's client timeouts and header size limit apply here too, HTTP/2's
+      // HTTP/1.1 fallback included (Node reads them from the HTTP/2 server as from an http one).
       const p = this.cfg.proxy;
       applyClientTimeouts(server as ClientTimeoutTarget, p);
+      (server as { maxHeaderSize?: number }).maxHeaderSize = p.maxHeaderSize;
       // A request Node cannot parse gets the same answer as on the main listener (HSTS included).
       server.on('clientError', answerClientError);
       await new Promise<void>((resolveListen, reject) => {

@@ -459,7 +459,7 @@ describe('client timeouts on every listener (proxy.headersTimeout, proxy.keepAli
     const a = ca.issue('a', ['a.test']);
     backends = await startBackends(1);
     const cert = `certificates: [{cert: "${a.cert}", key: "${a.key}"}]`;
-    const yaml = `proxy: {host: 127.0.0.1, port: 0, headersTimeout: 1s, keepAliveTimeout: 2s}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {interval: 1h}\nlisteners:\n  - {name: h2, port: 0, host: 127.0.0.1, protocol: https, ${cert}}\n  - {name: h1, port: 0, host: 127.0.0.1, protocol: https, http2: false, ${cert}}\n`;
+    const yaml = `proxy: {host: 127.0.0.1, port: 0, headersTimeout: 1s, keepAliveTimeout: 2s, maxHeaderSize: 4KiB}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {interval: 1h}\nlisteners:\n  - {name: h2, port: 0, host: 127.0.0.1, protocol: https, ${cert}}\n  - {name: h1, port: 0, host: 127.0.0.1, protocol: https, http2: false, ${cert}}\n`;
     sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 'headers-timeout.yaml'), { logger: false });
   });
   after(async () => {
@@ -482,6 +482,27 @@ describe('client timeouts on every listener (proxy.headersTimeout, proxy.keepAli
       assert.match(answer, /^HTTP\/1\.1 408 /, `${name}: ${JSON.stringify(answer.slice(0, 60))} after ${ms.toFixed(0)} ms`);
       assert.ok(ms >= 990 && ms < 2_500, `${name}: closed after ${ms.toFixed(0)} ms for a headersTimeout of 1 s`);
     });
+  });
+
+  it('applies proxy.maxHeaderSize on every listener: 431 above it, served below it (plain, https, HTTP/1.1 on an HTTP/2 listener)', async () => {
+    const request = (size: number) => `GET /size HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nX-Big: ${'a'.repeat(size)}\r\n\r\n`;
+    const plain = (bytes: string) =>
+      new Promise<string>((resolve, reject) => {
+        const s = net.connect(Number(new URL(sut.url).port), '127.0.0.1', () => s.write(bytes));
+        let out = '';
+        s.on('data', (d) => (out += d));
+        s.on('close', () => resolve(out));
+        s.on('error', reject);
+      });
+    const send: [string, (bytes: string) => Promise<string>][] = [
+      ['plain', plain],
+      ['https', (bytes) => rawTls(Number(new URL(sut.listeners.h1).port), bytes)],
+      ['http/1.1 on the h2 listener', (bytes) => rawTls(Number(new URL(sut.listeners.h2).port), bytes)],
+    ];
+    for (const [name, over] of send) {
+      assert.match(await over(request(6000)), /^HTTP\/1\.1 431 /, `${name}: 6 KB of headers`);
+      assert.match(await over(request(3000)), /^HTTP\/1\.1 200 /, `${name}: 3 KB of headers`);
+    }
   });
 
   it('answers 408 on the admin listener after its fixed 10 s, checked every second', async () => {
