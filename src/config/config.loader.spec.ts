@@ -134,8 +134,14 @@ describe('parseConfig', () => {
         'healthCheck:\n  headers: {x-c: "tab at the end\\t"}\n',
     );
     for (const path of ['listeners[0].hsts', 'routes[0].responseHeaders.set.x-a', 'routes[0].responseHeaders.add.x-b', 'healthCheck.headers.x-c']) {
-      assert.match(msg, new RegExp(`${path.replace(/[[\].]/g, '\\$&')}: must be one header value: printable ASCII and spaces, no line break or other control character, no space at either end`), path);
+      assert.match(msg, new RegExp(`${path.replace(/[[\].]/g, '\\$&')}: must be one header value: visible ASCII or Latin-1 characters and spaces, no line break or other control character, no space at either end`), path);
     }
+    // What operators write passes: directives, quotes, commas, a tab inside, Latin-1 letters, an empty value.
+    parseConfig(
+      'backend:\n  - url: http://h:1\n' +
+        'routes:\n  - pool: default\n    responseHeaders: {set: {content-security-policy: "default-src \'self\'; script-src \'nonce-abc\'", cache-control: "public, max-age=60", x-tab: "a\\tb", x-latin1: "café", x-empty: ""}}\n',
+      'config.yaml',
+    );
   });
 
   it('rejects a wrong type with the value it got', () => {

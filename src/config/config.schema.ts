@@ -97,9 +97,13 @@ const expectStatus = z.union([statusItem, z.array(statusItem).min(1)]).transform
   }),
 );
 const headerName = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
-/** One header field value as it may be written (RFC 9110 §5.5, ASCII): no control character, no space at either end. */
-const HEADER_VALUE = /^(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?$/;
-const HEADER_VALUE_MESSAGE = 'must be one header value: printable ASCII and spaces, no line break or other control character, no space at either end';
+/**
+ * One header field value as it may be written (RFC 9110 §5.5): visible characters, spaces and
+ * tabs inside, no control character, no space at either end. Latin-1 letters (obs-text) pass,
+ * as Node writes them (one byte each).
+ */
+const HEADER_VALUE = /^(?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?)?$/;
+const HEADER_VALUE_MESSAGE = 'must be one header value: visible ASCII or Latin-1 characters and spaces, no line break or other control character, no space at either end';
 const headerValue = z.string().regex(HEADER_VALUE, { message: HEADER_VALUE_MESSAGE });
 
 /** Fields of a health check, without defaults: `healthCheck` adds them, `backend[].healthCheck` overrides. */

@@ -10,8 +10,8 @@
  * Requests in flight keep the route, pool and policies they started with; removed backends
  * take no new requests and are closed once idle.
  */
-import { realpathSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { readlinkSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import { ResponseCacheService } from '../cache/response-cache.service.js';
@@ -131,18 +131,30 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
 
 /**
  * Whether a change to `name` in the config file's directory can change the config: the file
- * itself (editors and config management replace it by a rename onto its name), the file a
- * symlink of that name points to in the same directory, or a name starting with `..` (a
- * Kubernetes ConfigMap swaps its `..data` symlink and never touches the file's own name). Other
- * names there (an access log written next to the config, say) are not looked at; an unchanged
- * file would cost a parse per change. Platforms that give no name reload on every change.
+ * itself (editors and config management replace it by a rename onto its name), a name starting
+ * with `..` (a Kubernetes ConfigMap swaps its `..data` symlink and never touches the file's own
+ * name), or any name in that directory a link on the way from the file to its content passes
+ * through (`current` in config.yaml -> current/config.yaml, a release directory swapped by
+ * `ln -sfn`; `v1.yaml` in config.yaml -> v1.yaml). Other names there (an access log written next
+ * to the config, say) are not looked at; an unchanged file would cost a parse per change.
+ * Platforms that give no name reload on every change.
  */
 export function isConfigEntry(name: string, file: string, dir: string): boolean {
   if (name === basename(file) || name.startsWith('..')) return true;
-  try {
-    const target = realpathSync(file);
-    return dirname(target) === realpathSync(dir) && basename(target) === name;
-  } catch {
-    return false; // the file is gone for now: its own name coming back is what counts
+  let path = resolve(file);
+  for (let hop = 0; hop < MAX_LINK_HOPS; hop++) {
+    let target: string;
+    try {
+      target = readlinkSync(path);
+    } catch {
+      return false; // not a link (the content), or gone for now: its own name coming back is what counts
+    }
+    path = resolve(dirname(path), target);
+    const rel = relative(dir, path);
+    if (rel !== '' && !isAbsolute(rel) && rel !== '..' && !rel.startsWith(`..${sep}`) && rel.split(sep)[0] === name) return true;
   }
+  return false;
 }
+
+/** Symlink hops followed, as Linux's own limit (ELOOP after 40). */
+const MAX_LINK_HOPS = 40;

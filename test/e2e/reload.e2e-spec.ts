@@ -4,7 +4,7 @@
  * sending requests. Not one request may fail, and traffic must follow each new config.
  */
 import assert from 'node:assert/strict';
-import { linkSync, mkdtempSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, mkdtempSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -246,6 +246,40 @@ describe('config file watch', () => {
       await refused(3, 'a rename onto the file reparsed');
       // Refused every time: the running config still serves.
       assert.equal((await request(`${sut.url}/still-serving`)).status, 200);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
+  });
+
+  it('reparses when a link on the way to the file is swapped: a release directory, a link in a chain of links, the final file', async () => {
+    const backends = await startBackends(1);
+    const dir = mkdtempSync(join(tmpdir(), 'proxymity-watch-chain-'));
+    const version = (weight: number) => configText(backends, [{ name: 'b1', weight }]);
+    for (const r of ['r1', 'r2']) mkdirSync(join(dir, 'releases', r), { recursive: true });
+    writeFileSync(join(dir, 'releases', 'r1', 'config.yaml'), version(1));
+    writeFileSync(join(dir, 'releases', 'r2', 'config.yaml'), version(2));
+    writeFileSync(join(dir, 'v3.yaml'), version(3));
+    // proxymity.yaml -> stage.yaml -> current/config.yaml, current -> releases/r1
+    symlinkSync('releases/r1', join(dir, 'current'));
+    symlinkSync('current/config.yaml', join(dir, 'stage.yaml'));
+    symlinkSync('stage.yaml', join(dir, 'proxymity.yaml'));
+    /** `ln -sfn target name`: a new link renamed over the old one. */
+    const swap = (target: string, name: string) => {
+      symlinkSync(target, join(dir, `.${name}.tmp`));
+      renameSync(join(dir, `.${name}.tmp`), join(dir, name));
+    };
+    const file = join(dir, 'proxymity.yaml');
+    const sut = await startProxymity(loadConfigFile(file), { logger: false, configFile: file });
+    const applied = async () => sample(await scrape(sut.adminUrl!, TOKEN), 'proxymity_config_reloads_total', { result: 'success' });
+    const reloaded = (n: number, what: string) => pollUntil(applied, (a) => a === n, { timeoutMs: 3000, what });
+    try {
+      swap('releases/r2', 'current');
+      await reloaded(1, 'the release directory link swapped');
+      swap('v3.yaml', 'stage.yaml');
+      await reloaded(2, 'a link in the middle of the chain swapped');
+      writeFileSync(join(dir, 'v3.yaml'), version(4));
+      await reloaded(3, 'the file at the end of the chain written');
     } finally {
       await sut.close();
       await closeAll(backends);
