@@ -30,6 +30,7 @@ import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
 import { buildResponseHeaders, prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
 import { classifyUpstreamError, CONNECT_TIMEOUT, ERROR_BODIES, isNotSent, isPassiveFailure, PROXY_ERRORS, READ_TIMEOUT, REASON, type ProxyErrorCode } from './proxy-errors.js';
+import { hstsOfSocket } from './hsts.js';
 import { FrameCursor, serverCloseFrame } from './ws-frames.js';
 
 /** How long a tunnel told to close (1001) may take before both sockets are destroyed. */
@@ -432,6 +433,8 @@ function writeRawError(socket: Duplex, code: ProxyErrorCode, requestId: string, 
   const body = ERROR_BODIES[code];
   let extra = '';
   if (extraHeaders !== undefined) for (let i = 0; i < extraHeaders.length; i += 2) extra += `${extraHeaders[i]}: ${extraHeaders[i + 1]}\r\n`;
+  const hsts = hstsOfSocket(socket);
+  if (hsts !== undefined) extra += `strict-transport-security: ${hsts}\r\n`;
   socket.end(
     `HTTP/1.1 ${status} ${REASON[status] ?? ''}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n${status === 503 ? 'retry-after: 1\r\n' : ''}content-length: ${Buffer.byteLength(body)}\r\nproxy-status: proxymity; error=${code}\r\nx-request-id: ${requestId}\r\n${extra}connection: close\r\n\r\n${body}`,
   );

@@ -134,7 +134,7 @@ listeners:
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000');
   });
 
-  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none; on the proxy\'s own answers too (errors, /health, a malformed request)', async () => {
+  it('sends each listener its own HSTS value, over HTTP/1.1 and HTTP/2, and none where the listener has none; on the proxy\'s own answers too (errors, /health, a malformed request, a refused upgrade)', async () => {
     const h1 = (url: string, path = '/hsts') =>
       new Promise<http.IncomingHttpHeaders>((resolve, reject) => {
         const u = new URL(url);
@@ -172,6 +172,13 @@ listeners:
       assert.match(bad, /^HTTP\/1\.1 400 Bad Request\r\n/, name);
       assert.match(bad, /\r\n\r\n400 Bad Request: HPE_INVALID_HEADER_TOKEN\n$/, name);
       assert.equal(/^strict-transport-security: (.*)\r$/m.exec(bad)?.[1], want, `${name}: the 400 for a malformed request`);
+      // The proxy's own refusal of a WebSocket upgrade (414: the target is over proxy.maxUrlLength).
+      const upgrade = await rawTls(
+        Number(new URL(sut.listeners[name]).port),
+        `GET /${'a'.repeat(9000)} HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      );
+      assert.match(upgrade, /^HTTP\/1\.1 414 /, name);
+      assert.equal(/^strict-transport-security: (.*)\r$/m.exec(upgrade)?.[1], want, `${name}: the proxy's 414 to an upgrade`);
     }
   });
 
