@@ -136,6 +136,11 @@ describe('parseConfig', () => {
     for (const path of ['listeners[0].hsts', 'routes[0].responseHeaders.set.x-a', 'routes[0].responseHeaders.add.x-b', 'healthCheck.headers.x-c']) {
       assert.match(msg, new RegExp(`${path.replace(/[[\].]/g, '\\$&')}: must be one header value: visible ASCII or Latin-1 characters and spaces, no line break or other control character, no space at either end`), path);
     }
+    // The likeliest way to get a line break: a YAML block scalar. The message says so.
+    assert.match(
+      problems('backend:\n  - url: http://h:1\nhealthCheck:\n  headers:\n    x-d: |\n      value\n'),
+      /healthCheck\.headers\.x-d: must be one header value: .* \(a YAML \| or > block keeps its final line break: write the value in quotes\)/,
+    );
     // What operators write passes: directives, quotes, commas, a tab inside, Latin-1 letters, an empty value.
     parseConfig(
       'backend:\n  - url: http://h:1\n' +

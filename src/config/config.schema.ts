@@ -104,7 +104,10 @@ const headerName = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
  */
 const HEADER_VALUE = /^(?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?)?$/;
 const HEADER_VALUE_MESSAGE = 'must be one header value: visible ASCII or Latin-1 characters and spaces, no line break or other control character, no space at either end';
-const headerValue = z.string().regex(HEADER_VALUE, { message: HEADER_VALUE_MESSAGE });
+const headerValue = z.string().regex(HEADER_VALUE, {
+  // A YAML `|` or `>` block keeps its final line break, the likeliest way to get one here.
+  error: (iss) => (typeof iss.input === 'string' && iss.input.endsWith('\n') ? `${HEADER_VALUE_MESSAGE} (a YAML | or > block keeps its final line break: write the value in quotes)` : HEADER_VALUE_MESSAGE),
+});
 
 /** Fields of a health check, without defaults: `healthCheck` adds them, `backend[].healthCheck` overrides. */
 const healthCheckFields = {
@@ -414,10 +417,8 @@ export const configSchema = z
             .optional()
             .describe('https: certificates, chosen by SNI (exact name, then wildcard, then the first one). Reloaded when the files change and on SIGHUP.'),
           http2: z.boolean().prefault(true).describe('https: offer HTTP/2 (ALPN h2) besides HTTP/1.1. Default true.'),
-          hsts: z
-            .string()
-            .min(1)
-            .regex(HEADER_VALUE, { message: HEADER_VALUE_MESSAGE })
+          hsts: headerValue
+            .min(1, { error: 'must not be empty (leave hsts out to send none)' })
             .optional()
             .describe('https: Strict-Transport-Security value added to responses, e.g. "max-age=31536000; includeSubDomains". Default: none.'),
           redirectPort: port.prefault(443).describe('redirect: the https port in Location (omitted when 443). Default 443.'),
