@@ -35,19 +35,26 @@ describe(growingPercentFor.name, () => {
 
 describe(operatorFlags.name, () => {
   it('finds the young-generation flags on the command line, in either spelling, and in NODE_OPTIONS', () => {
-    assert.deepEqual(operatorFlags(['--max-semi-space-size=8'], undefined), { young: true, growing: false });
-    assert.deepEqual(operatorFlags(['--semi_space_growth_factor=2'], undefined), { young: true, growing: false });
-    assert.deepEqual(operatorFlags([], '--max-old-space-size=512 --max-semi-space-size=4'), { young: true, growing: false });
+    assert.deepEqual(operatorFlags(['--max-semi-space-size=8'], undefined), { young: true, growing: false, helpers: false });
+    assert.deepEqual(operatorFlags(['--semi_space_growth_factor=2'], undefined), { young: true, growing: false, helpers: false });
+    assert.deepEqual(operatorFlags([], '--max-old-space-size=512 --max-semi-space-size=4'), { young: true, growing: false, helpers: false });
   });
 
   it('finds the flags that set the growing factor', () => {
-    assert.deepEqual(operatorFlags(['--heap-growing-percent=0'], undefined), { young: false, growing: true });
-    assert.deepEqual(operatorFlags(['--heap_growing_percent=50'], undefined), { young: false, growing: true });
-    assert.deepEqual(operatorFlags(['--predictable-gc-schedule'], ''), { young: false, growing: true });
+    assert.deepEqual(operatorFlags(['--heap-growing-percent=0'], undefined), { young: false, growing: true, helpers: false });
+    assert.deepEqual(operatorFlags(['--heap_growing_percent=50'], undefined), { young: false, growing: true, helpers: false });
+    assert.deepEqual(operatorFlags(['--predictable-gc-schedule'], ''), { young: false, growing: true, helpers: false });
+  });
+
+  it('finds the flags that turn GC helper tasks on or off, in either spelling', () => {
+    for (const flag of ['--parallel-scavenge', '--no-parallel-scavenge', '--no_concurrent_sweeping', '--concurrent-array-buffer-sweeping', '--single-threaded-gc', '--single-threaded']) {
+      assert.deepEqual(operatorFlags([flag], undefined), { young: false, growing: false, helpers: true }, flag);
+    }
+    assert.deepEqual(operatorFlags(['--predictable'], undefined), { young: false, growing: true, helpers: true });
   });
 
   it('ignores everything else', () => {
-    assert.deepEqual(operatorFlags(['--max-old-space-size=512', '--enable-source-maps', '--predictable-x'], '--trace-warnings'), { young: false, growing: false });
+    assert.deepEqual(operatorFlags(['--max-old-space-size=512', '--enable-source-maps', '--predictable-x', '--no-concurrent-marking', '--trace-gc-nvp'], '--trace-warnings'), { young: false, growing: false, helpers: false });
   });
 });
 

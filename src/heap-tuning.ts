@@ -1,9 +1,9 @@
 /**
  * Memory adjustments for a proxy process, each measured and each left alone when the operator set
- * what it involves. Two are of V8's heap (docs/benchmarks.md#heap-tuning), skipped for a flag set
- * on the node command line or in NODE_OPTIONS where Node allows it; V8 reads both flags each time
- * it uses them, so setting them at run time takes effect. The third is of glibc's C heap, skipped
- * for the operator's malloc environment variables.
+ * what it involves. Three are of V8's heap (docs/benchmarks.md#heap-tuning), skipped for a flag
+ * set on the node command line or in NODE_OPTIONS where Node allows it; V8 reads those flags each
+ * time it uses them, so setting them at run time takes effect. The fourth is of glibc's C heap,
+ * skipped for the operator's malloc environment variables.
  *
  * 1. Boot without growing the young generation (holdBootHeap / endBootHeap). Loading Nest keeps
  *    most of what it allocates, and V8 answers that survival rate by doubling the young
@@ -50,6 +50,17 @@
  *    malloc parameters that stop glibc adjusting (MALLOC_TRIM_THRESHOLD_, ..._TOP_PAD_,
  *    ..._MMAP_THRESHOLD_, ..._MMAP_MAX_, or the same in GLIBC_TUNABLES). Other C libraries
  *    (musl) have no such thresholds, and one large allocation there is just that.
+ * 4. Collect the young generation on the main thread (collectOnMainThread): V8's parallel
+ *    scavenge, and its concurrent sweeping of pages and of ArrayBuffers, are turned off. Every
+ *    proxied request leaves garbage (socket buffers among it), so scavenges run several times a
+ *    second under load, and their helper tasks cost more CPU than they save when the helpers
+ *    compete with the event loop, the origin and the clients for a few cores: at a fixed rate
+ *    the proxy used 0.962 of the CPU per request without them (eight paired runs, 0.876-1.020),
+ *    about the same as with `--single-threaded-gc` (six runs), which cannot be set at run
+ *    time (V8 aborts) and which Node refuses in NODE_OPTIONS. Concurrent marking stays on: full
+ *    collections are rare here (see 2.), and V8 aborts when parallel marking is turned off at
+ *    run time. Left alone when the operator set any of these (or --single-threaded-gc,
+ *    --single-threaded, --predictable) on the command line, e.g. `node --parallel-scavenge`.
  * Measurements: docs/benchmarks.md#heap-tuning and docs/benchmarks.md#page-faults-and-the-c-heap.
  */
 import { constants, PerformanceObserver } from 'node:perf_hooks';
@@ -69,13 +80,15 @@ const MIN_PERCENT = 10;
 const MEASURE_SLACK_BYTES = 4 * MIB;
 
 /** Which of the adjustments the operator's own V8 flags (node command line, NODE_OPTIONS) take over. */
-export function operatorFlags(execArgv: readonly string[], nodeOptions: string | undefined): { young: boolean; growing: boolean } {
+export function operatorFlags(execArgv: readonly string[], nodeOptions: string | undefined): { young: boolean; growing: boolean; helpers: boolean } {
   const args = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)];
   const has = (flag: RegExp) => args.some((arg) => flag.test(arg));
   return {
     young: has(/^--(semi[-_]space[-_]growth[-_]factor|max[-_]semi[-_]space[-_]size|min[-_]semi[-_]space[-_]size)\b/),
     // --predictable-gc-schedule and --predictable set V8's growing factor themselves.
     growing: has(/^--(heap[-_]growing[-_]percent|predictable[-_]gc[-_]schedule|predictable)(=|$)/),
+    // --single-threaded(-gc) and --predictable turn the helpers off themselves.
+    helpers: has(/^--(no[-_])?(parallel[-_]scavenge|concurrent[-_](array[-_]buffer[-_])?sweeping|single[-_]threaded([-_]gc)?|predictable)(=|$)/),
   };
 }
 
@@ -106,6 +119,20 @@ export function raiseMallocThresholds(env: NodeJS.ProcessEnv = process.env): boo
   // allocUnsafeSlow: its own malloc'd block, not a slice of Node's pool. Touched once, so that
   // it is a real allocation whatever the C library does with untouched ones.
   Buffer.allocUnsafeSlow(MALLOC_PRIMER_BYTES)[0] = 1;
+  return true;
+}
+
+/** The flags collectOnMainThread sets. */
+export const MAIN_THREAD_GC_FLAGS = ['--no-parallel-scavenge', '--no-concurrent-sweeping', '--no-concurrent-array-buffer-sweeping'] as const;
+
+/**
+ * Turns V8's GC helper tasks for the young generation and for sweeping off (see 4. above).
+ * main.ts calls it first, before the heap holds more than a few pages. Returns false, doing
+ * nothing, when the operator set one of the flags involved.
+ */
+export function collectOnMainThread(): boolean {
+  if (byOperator.helpers) return false;
+  for (const flag of MAIN_THREAD_GC_FLAGS) v8.setFlagsFromString(flag);
   return true;
 }
 

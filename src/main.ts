@@ -4,12 +4,13 @@
  *
  *   proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]   (see cli.ts)
  *
- * It keeps V8's young generation from growing while Nest loads (heap-tuning.ts), then runs the
- * command line. cli.ts is imported dynamically on purpose: a static import would load and parse
+ * It turns V8's GC helper tasks off and keeps V8's young generation from growing while Nest
+ * loads (heap-tuning.ts), then runs the command line. cli.ts is imported dynamically on purpose: a static import would load and parse
  * Nest and every module of the proxy before the first line here runs.
  */
-import { holdBootHeap, watchLiveSize } from './heap-tuning.js';
+import { collectOnMainThread, holdBootHeap, watchLiveSize } from './heap-tuning.js';
 
+collectOnMainThread();
 holdBootHeap();
 watchLiveSize();
 await import('./cli.js');

@@ -5,7 +5,8 @@
  * - every full collection after the proxy listens leaves V8's old-generation limit at least
  *   64 MiB above the live size (read from V8's own --trace-gc-verbose lines), so 1 MiB uploads
  *   (h2load POSTs) stream without setting off one full collection after another.
- * An operator's own V8 flag wins in both cases.
+ * - scavenges run on the main thread alone (read from V8's --trace-gc-nvp lines).
+ * An operator's own V8 flag wins in every case.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -113,6 +114,40 @@ describe('V8 heap tuning', () => {
     for (const { live, limit } of limits) assert.ok(limit - live >= HEADROOM_KB, `limit ${limit} KB for ${live} KB live: ${limit - live} KB of headroom`);
     assert.ok(uploads >= 100, `only ${uploads} uploads completed`);
     assert.ok(majors <= MAX_MAJOR_GCS, `${majors} full collections during ${uploads} uploads of 1 MiB`);
+  });
+
+  /**
+   * Time V8's helper tasks spent on each scavenge after the proxy listened, from V8's
+   * --trace-gc-nvp lines ("... gc=s ... background.scavenge.parallel=1.72 ..."), while 256 GETs
+   * at a time go through until at least 20 scavenges were seen (bounded: 20 s).
+   */
+  async function helperTimesPerScavenge(nodeFlags: string[]): Promise<number[]> {
+    const { url, proc } = await start(['--trace-gc-nvp', ...nodeFlags]);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+    const helperTimes = () => {
+      const out = proc.stdout();
+      return [...out.slice(out.indexOf('listening on ')).matchAll(/ gc=s .*? background\.scavenge\.parallel=([\d.]+)/g)].map((m) => Number(m[1]));
+    };
+    try {
+      return await pollUntil(
+        async () => {
+          await Promise.all(Array.from({ length: 256 }, () => get(`${url}/`, agent)));
+          return helperTimes();
+        },
+        (times) => times.length >= 20,
+        { timeoutMs: 20_000, intervalMs: 0, what: '20 scavenges under traffic' },
+      );
+    } finally {
+      agent.destroy();
+    }
+  }
+
+  it('collects the young generation on the main thread, and leaves V8\'s helpers to an operator who set them', async () => {
+    const own = await helperTimesPerScavenge([]);
+    assert.deepEqual(own.filter((ms) => ms > 0), [], `helper time on ${own.length} scavenges`);
+    // The same traffic with V8's parallel scavenge asked for on the command line: helpers work.
+    const operators = await helperTimesPerScavenge(['--parallel-scavenge']);
+    assert.ok(operators.some((ms) => ms > 0), `no helper time on ${operators.length} scavenges`);
   });
 
   it('reports the factor it set, and leaves the factor to an operator who set it', async () => {
