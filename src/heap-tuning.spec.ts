@@ -47,14 +47,14 @@ describe(operatorFlags.name, () => {
   });
 
   it('finds the flags that turn GC helper tasks on or off, in either spelling', () => {
-    for (const flag of ['--parallel-scavenge', '--no-parallel-scavenge', '--no_concurrent_sweeping', '--concurrent-array-buffer-sweeping', '--single-threaded-gc', '--single-threaded']) {
+    for (const flag of ['--parallel-scavenge', '--no-parallel-scavenge', '--no_concurrent_sweeping', '--concurrent-array-buffer-sweeping', '--single-threaded-gc', '--single-threaded', '-parallel-scavenge', '--noparallel-scavenge', '-no-concurrent-sweeping', '-single-threaded-gc', '--no-single-threaded-gc']) {
       assert.deepEqual(operatorFlags([flag], undefined), { young: false, growing: false, helpers: true }, flag);
     }
     assert.deepEqual(operatorFlags(['--predictable'], undefined), { young: false, growing: true, helpers: true });
   });
 
   it('ignores everything else', () => {
-    assert.deepEqual(operatorFlags(['--max-old-space-size=512', '--enable-source-maps', '--predictable-x', '--no-concurrent-marking', '--trace-gc-nvp'], '--trace-warnings'), { young: false, growing: false, helpers: false });
+    assert.deepEqual(operatorFlags(['--max-old-space-size=512', '--enable-source-maps', '--predictable-x', '--no-concurrent-marking', '--trace-gc-nvp', '--parallel-scavenge-x', '---parallel-scavenge'], '--trace-warnings'), { young: false, growing: false, helpers: false });
   });
 });
 

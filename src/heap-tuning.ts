@@ -55,12 +55,15 @@
  *    proxied request leaves garbage (socket buffers among it), so scavenges run several times a
  *    second under load, and their helper tasks cost more CPU than they save when the helpers
  *    compete with the event loop, the origin and the clients for a few cores: at a fixed rate
- *    the proxy used 0.962 of the CPU per request without them (eight paired runs, 0.876-1.020),
- *    about the same as with `--single-threaded-gc` (six runs), which cannot be set at run
- *    time (V8 aborts) and which Node refuses in NODE_OPTIONS. Concurrent marking stays on: full
- *    collections are rare here (see 2.), and V8 aborts when parallel marking is turned off at
- *    run time. Left alone when the operator set any of these (or --single-threaded-gc,
- *    --single-threaded, --predictable) on the command line, e.g. `node --parallel-scavenge`.
+ *    the proxy used 0.966 of the CPU per request without them (16 paired runs, 0.876-1.046;
+ *    95% interval 0.942-0.989; a single run cannot show it), about the same as with
+ *    `--single-threaded-gc`, which cannot be set at run time (V8 aborts) and which Node refuses
+ *    in NODE_OPTIONS. Concurrent marking stays on: V8 aborts when parallel marking is turned off
+ *    at run time. The cost is on full collections, whose sweeping is now the main thread's:
+ *    with every collection made a full one (--gc-global, a stress setting) their pauses went
+ *    from 23 to 29-35 ms (median); they are rare here (see 2.: 3 in 150 s of mixed load).
+ *    Left alone when the operator set any of these, or --single-threaded-gc, --single-threaded,
+ *    --predictable, on the command line, e.g. `node --parallel-scavenge dist/main.js`.
  * Measurements: docs/benchmarks.md#heap-tuning and docs/benchmarks.md#page-faults-and-the-c-heap.
  */
 import { constants, PerformanceObserver } from 'node:perf_hooks';
@@ -87,8 +90,10 @@ export function operatorFlags(execArgv: readonly string[], nodeOptions: string |
     young: has(/^--(semi[-_]space[-_]growth[-_]factor|max[-_]semi[-_]space[-_]size|min[-_]semi[-_]space[-_]size)\b/),
     // --predictable-gc-schedule and --predictable set V8's growing factor themselves.
     growing: has(/^--(heap[-_]growing[-_]percent|predictable[-_]gc[-_]schedule|predictable)(=|$)/),
-    // --single-threaded(-gc) and --predictable turn the helpers off themselves.
-    helpers: has(/^--(no[-_])?(parallel[-_]scavenge|concurrent[-_](array[-_]buffer[-_])?sweeping|single[-_]threaded([-_]gc)?|predictable)(=|$)/),
+    // V8 reads its boolean flags with one dash or two and `no` with or without a separator, and
+    // takes no value for them. --single-threaded(-gc) and --predictable turn the helpers off
+    // themselves; their --no- forms ask for V8's default, which counts as the operator's choice.
+    helpers: has(/^--?(no[-_]?)?(parallel[-_]scavenge|concurrent[-_](array[-_]buffer[-_])?sweeping|single[-_]threaded([-_]gc)?|predictable)$/),
   };
 }
 

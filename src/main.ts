@@ -4,9 +4,10 @@
  *
  *   proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]   (see cli.ts)
  *
- * It turns V8's GC helper tasks off and keeps V8's young generation from growing while Nest
- * loads (heap-tuning.ts), then runs the command line. cli.ts is imported dynamically on purpose: a static import would load and parse
- * Nest and every module of the proxy before the first line here runs.
+ * It moves V8's scavenges and sweeping onto the main thread and keeps V8's young generation from
+ * growing while Nest loads (heap-tuning.ts), then runs the command line. cli.ts is imported
+ * dynamically on purpose: a static import would load and parse Nest and every module of the
+ * proxy before the first line here runs.
  */
 import { collectOnMainThread, holdBootHeap, watchLiveSize } from './heap-tuning.js';
 
