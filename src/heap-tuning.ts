@@ -1,9 +1,9 @@
 /**
  * Memory adjustments for a proxy process, each measured and each left alone when the operator set
- * what it involves. Three are of V8's heap (docs/benchmarks.md#heap-tuning), skipped for a flag
- * set on the node command line or in NODE_OPTIONS where Node allows it; V8 reads those flags each
- * time it uses them, so setting them at run time takes effect. The fourth is of glibc's C heap,
- * skipped for the operator's malloc environment variables.
+ * what it involves. Three are of V8's heap (1, 2 and 4 below; docs/benchmarks.md#heap-tuning),
+ * skipped for a flag set on the node command line or in NODE_OPTIONS where Node allows it; V8
+ * reads those flags each time it uses them, so setting them at run time takes effect. The other
+ * (3) is of glibc's C heap, skipped for the operator's malloc environment variables.
  *
  * 1. Boot without growing the young generation (holdBootHeap / endBootHeap). Loading Nest keeps
  *    most of what it allocates, and V8 answers that survival rate by doubling the young
