@@ -4,7 +4,7 @@
  * (Node, `ws`) in its own process; each client sends a message, waits for its echo, repeats.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { writeProxymityConfig } from './config-file.js';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { freePort, waitForPort } from '../helpers/ports.js';
@@ -56,8 +56,7 @@ export async function benchWebSocket(o: WsBenchOptions): Promise<WsBenchResult> 
   try {
     procs.push(spawn(process.execPath, [join(o.root, 'build', 'dummies', 'main.js'), '--ports', String(backendPort), '--host', '127.0.0.1'], { stdio: 'ignore' }));
     const pxPort = await freePort();
-    const cfg = join(o.tmp, 'ws-proxymity.yaml');
-    writeFileSync(cfg, `proxy: {host: 127.0.0.1, port: ${pxPort}}\nadmin: {enabled: false}\nbackend:\n  - url: http://127.0.0.1:${backendPort}\n`);
+    const cfg = writeProxymityConfig(o.tmp, 'ws-proxymity', `proxy: {host: 127.0.0.1, port: ${pxPort}}\nadmin: {enabled: false}\nbackend:\n  - url: http://127.0.0.1:${backendPort}\n`);
     procs.push(spawn(process.execPath, [join(o.root, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], { stdio: 'ignore' }));
     await waitForPort(backendPort);
     await waitForPort(pxPort);
