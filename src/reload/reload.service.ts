@@ -10,14 +10,15 @@
  * Requests in flight keep the route, pool and policies they started with; removed backends
  * take no new requests and are closed once idle.
  */
-import { readlinkSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { watch, type FSWatcher } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
 import { ResponseCacheService } from '../cache/response-cache.service.js';
 import { ConfigStore, configVersion } from '../config/config-store.js';
 import { ConfigError } from '../config/config.errors.js';
 import { loadConfigFile } from '../config/config.loader.js';
+import { isWatchedEntry, watchedEntries } from '../config/file-watch.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
@@ -42,7 +43,7 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
   private watcher: FSWatcher | undefined;
   private debounce: NodeJS.Timeout | undefined;
   /**
-   * The directory entries the config file depends on (configEntryNames), worked out when a watch
+   * The directory entries the config file depends on (watchedEntries), worked out when a watch
    * event names one of them and on every reload, not per event: a log written in the config's
    * directory sends an event per write, and each would otherwise cost a readlink (a thrown
    * error for the plain file at the end of the chain) on the main thread.
@@ -67,12 +68,12 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     // Watch the directory: editors and config management replace the file (rename), which a
     // watch on the file itself would lose.
     const dir = dirname(resolve(file));
-    this.entries = configEntryNames(file, dir);
+    this.entries = watchedEntries([file], dir);
     try {
       this.watcher = watch(dir, (_event, changed) => {
-        if (changed != null && !isConfigEntry(String(changed), this.entries)) return;
+        if (changed != null && !isWatchedEntry(String(changed), this.entries)) return;
         // A link on the way to the file may have been swapped: follow the chain again.
-        this.entries = configEntryNames(file, dir);
+        this.entries = watchedEntries([file], dir);
         if (this.debounce !== undefined) clearTimeout(this.debounce);
         this.debounce = setTimeout(() => void this.reloadFromFile('file change'), DEBOUNCE_MS);
       });
@@ -93,7 +94,7 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     const file = this.store.file;
     if (file === undefined) return this.fail(trigger, ['this instance was started without a config file']);
     // After a burst of changes (or a SIGHUP after links were swapped), the chain as it now is.
-    if (this.watcher !== undefined) this.entries = configEntryNames(file, dirname(resolve(file)));
+    if (this.watcher !== undefined) this.entries = watchedEntries([file], dirname(resolve(file)));
     let next: ProxymityConfig;
     try {
       next = loadConfigFile(file);
@@ -140,42 +141,3 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     return { result: 'failure', version: this.store.version, trigger, details: problems };
   }
 }
-
-/**
- * Whether a change to `name` in the config file's directory can change the config: one of
- * `entries` (configEntryNames), or a name starting with `..` (a Kubernetes ConfigMap swaps its
- * `..data` symlink and never touches the file's own name). Other names there (an access log
- * written next to the config, say) are not looked at; an unchanged file would cost a parse per
- * change. Platforms that give no name reload on every change.
- */
-export function isConfigEntry(name: string, entries: ReadonlySet<string>): boolean {
-  return entries.has(name) || name.startsWith('..');
-}
-
-/**
- * The names in `dir` whose change can change the config file: the file itself (editors and
- * config management replace it by a rename onto its name), and each name in that directory a
- * link on the way from the file to its content passes through (`current` in config.yaml ->
- * current/config.yaml, a release directory swapped by `ln -sfn`; `v1.yaml` in config.yaml ->
- * v1.yaml). A link whose target is missing for now counts its target's name: that name coming
- * back is what counts.
- */
-export function configEntryNames(file: string, dir: string): Set<string> {
-  const names = new Set([basename(file)]);
-  let path = resolve(file);
-  for (let hop = 0; hop < MAX_LINK_HOPS; hop++) {
-    let target: string;
-    try {
-      target = readlinkSync(path);
-    } catch {
-      break; // not a link (the content), or gone for now
-    }
-    path = resolve(dirname(path), target);
-    const rel = relative(dir, path);
-    if (rel !== '' && !isAbsolute(rel) && rel !== '..' && !rel.startsWith(`..${sep}`)) names.add(rel.split(sep)[0]);
-  }
-  return names;
-}
-
-/** Symlink hops followed, as Linux's own limit (ELOOP after 40). */
-const MAX_LINK_HOPS = 40;

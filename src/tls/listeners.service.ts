@@ -21,6 +21,7 @@ import type { Duplex } from 'node:stream';
 import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
+import { isWatchedEntry, watchedEntries } from '../config/file-watch.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
@@ -30,6 +31,13 @@ import { CertificateSet, loadCertificate } from './certificate-store.js';
 import { kHsts, type HstsServer } from '../proxy/hsts.js';
 
 type ListenerConfig = ProxymityConfig['listeners'][number];
+
+/** A directory holding certificate or key files, and the names in it that concern them. */
+interface WatchedDir {
+  readonly dir: string;
+  readonly files: readonly string[];
+  entries: ReadonlySet<string>;
+}
 
 /** A listener that cannot start (bad certificate or key, port in use); main.ts prints its message. */
 export class ListenerError extends Error {}
@@ -49,6 +57,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
   private readonly logger = new Logger('Listeners');
   readonly running: Running[] = [];
   private readonly watchers: FSWatcher[] = [];
+  private readonly watched: WatchedDir[] = [];
   private debounce: NodeJS.Timeout | undefined;
   private readonly onSighup = (): void => void this.reloadCertificates('SIGHUP');
 
@@ -152,6 +161,8 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
   /** Re-reads every HTTPS listener's certificates; keeps the old ones if any file is bad. */
   reloadCertificates(trigger: string): boolean {
     let ok = true;
+    // Links swapped since the last event (a SIGHUP after `ln -sfn`): the names as they now are.
+    for (const w of this.watched) w.entries = watchedEntries(w.files, w.dir);
     for (const r of this.running) {
       if (r.cfg.protocol !== 'https') continue;
       try {
@@ -183,16 +194,31 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
 
   private watchCertificates(): void {
     process.on('SIGHUP', this.onSighup);
-    const dirs = new Set<string>();
-    for (const r of this.running) for (const c of r.cfg.certificates ?? []) for (const f of [c.cert, c.key]) dirs.add(dirname(resolve(f)));
-    for (const dir of dirs) {
+    const byDir = new Map<string, string[]>();
+    for (const r of this.running) {
+      for (const c of r.cfg.certificates ?? []) {
+        for (const f of [c.cert, c.key]) {
+          const file = resolve(f);
+          const dir = dirname(file);
+          byDir.set(dir, [...(byDir.get(dir) ?? []), file]);
+        }
+      }
+    }
+    for (const [dir, files] of byDir) {
+      // Only the files' own names (and links on the way to them) count: a log written in the
+      // same directory must neither re-read every certificate nor, by resetting the debounce
+      // with each write, keep a renewed certificate from ever being read.
+      const watched: WatchedDir = { dir, files, entries: watchedEntries(files, dir) };
       try {
-        const w = watch(dir, () => {
+        const w = watch(dir, (_event, changed) => {
+          if (changed != null && !isWatchedEntry(String(changed), watched.entries)) return;
+          watched.entries = watchedEntries(files, dir);
           if (this.debounce !== undefined) clearTimeout(this.debounce);
           this.debounce = setTimeout(() => this.reloadCertificates('file change'), 200);
         });
         w.on('error', () => undefined);
         this.watchers.push(w);
+        this.watched.push(watched);
       } catch (err) {
         this.logger.warn(`cannot watch ${dir}: ${(err as Error).message}; SIGHUP still reloads certificates`);
       }

@@ -2,17 +2,20 @@
  * HTTPS listeners with certificates from a test CA (openssl): SNI selection, HTTP/2 and
  * HTTP/1.1 proxied (Node's https and http2 clients, and curl --http2), the redirect listener,
  * HSTS, certificate hot swap with a keep-alive connection open, a bad key refused on reload,
- * and start-up refusing a bad pair.
+ * certificate files watched on disk (a log beside them ignored), and start-up refusing a bad pair.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { appendFileSync, copyFileSync, linkSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
@@ -422,6 +425,50 @@ listeners:
     const m = await scrape(sut.adminUrl!);
     const left = sample(m, 'proxymity_tls_certificate_expiry_seconds', { name: 'b.test' });
     assert.ok(left > 3600 && left <= 86_400 + 60, `b.test expires in ${left}s`);
+  });
+});
+
+describe('certificate files watched on disk', () => {
+  it('reads a renewed certificate when its file changes; a log written beside it neither re-reads the certificates nor, written every 50 ms, holds the renewal back', async () => {
+    const ca = makeTestCa();
+    const first = ca.issue('first', ['a.test']);
+    const renewed = ca.issue('renewed', ['a.test']);
+    const dir = mkdtempSync(join(tmpdir(), 'proxymity-cert-watch-'));
+    const cert = join(dir, 'tls.crt');
+    const key = join(dir, 'tls.key');
+    copyFileSync(first.cert, cert);
+    copyFileSync(first.key, key);
+    // Second names for the same files outside the watched directory: a write through them
+    // changes the files without any event in the directory, so a re-read shows as a new serial.
+    const other = mkdtempSync(join(tmpdir(), 'proxymity-cert-watch-link-'));
+    linkSync(cert, join(other, 'tls.crt'));
+    linkSync(key, join(other, 'tls.key'));
+    const backends = await startBackends(1);
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, port: 0, host: 127.0.0.1, protocol: https, certificates: [{cert: "${cert}", key: "${key}"}]}\n`;
+    const sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false });
+    const port = Number(new URL(sut.listeners.tls).port);
+    const served = async () => (await peerCert(port, 'a.test', ca.caCert)).serial;
+    const log = join(dir, 'app.log');
+    let writer: NodeJS.Timeout | undefined;
+    try {
+      const before = await served();
+      assert.equal(before, new X509Certificate(readFileSync(first.cert)).serialNumber);
+      writeFileSync(join(other, 'tls.crt'), readFileSync(renewed.cert));
+      writeFileSync(join(other, 'tls.key'), readFileSync(renewed.key));
+      appendFileSync(log, 'a line\n');
+      await sleep(800); // four debounce periods
+      assert.equal(await served(), before, 'a write to another file in the directory re-read the certificates');
+      // Faster than the 200 ms debounce: every write would restart it, and the renewal would wait for good.
+      writer = setInterval(() => appendFileSync(log, 'a line\n'), 50);
+      await sleep(200);
+      writeFileSync(cert, readFileSync(renewed.cert)); // the certificate's own name: an event that counts
+      const now = await pollUntil(served, (s) => s !== before, { timeoutMs: 3000, what: 'the renewed certificate served while a log is written beside it' });
+      assert.equal(now, new X509Certificate(readFileSync(renewed.cert)).serialNumber);
+    } finally {
+      clearInterval(writer);
+      await sut.close();
+      await closeAll(backends);
+    }
   });
 });
 
