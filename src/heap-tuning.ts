@@ -1,9 +1,10 @@
 /**
  * Memory adjustments for a proxy process, each measured and each left alone when the operator set
- * what it involves. Three are of V8's heap (1, 2 and 4 below; docs/benchmarks.md#heap-tuning),
- * skipped for a flag set on the node command line or in NODE_OPTIONS where Node allows it; V8
- * reads those flags each time it uses them, so setting them at run time takes effect. The other
- * (3) is of glibc's C heap, skipped for the operator's malloc environment variables.
+ * what it involves. Three are of V8's heap, set here at run time (1, 2 and 4 below;
+ * docs/benchmarks.md#heap-tuning), skipped for a flag set on the node command line or in
+ * NODE_OPTIONS where Node allows it; V8 reads those flags each time it uses them, so setting
+ * them at run time takes effect. One (3) is of glibc's C heap, skipped for the operator's malloc
+ * environment variables. The last (5) is a node flag the start commands pass.
  *
  * 1. Boot without growing the young generation (holdBootHeap / endBootHeap). Loading Nest keeps
  *    most of what it allocates, and V8 answers that survival rate by doubling the young
@@ -64,6 +65,18 @@
  *    from 23 to 29-35 ms (median); they are rare here (see 2.: 3 in 150 s of mixed load).
  *    Left alone when the operator set any of these, or --single-threaded-gc, --single-threaded,
  *    --predictable, on the command line, e.g. `node --parallel-scavenge dist/main.js`.
+ * 5. Start node with --no-memory-reducer (START_FLAGS: `npm start`, the bin's first line, `nest
+ *    start` through nest-cli.json, the demo and the bench). V8's memory reducer collects the heap
+ *    of a process it finds idle, from about 8 s after its last full collection. When that
+ *    happens before the proxy has served any traffic, which is how most proxies start (deployed,
+ *    then put behind a load balancer), Node's own hot paths run slower from then on: creating
+ *    `process.nextTick`'s task objects falls into V8's runtime (map transitions and migrations,
+ *    5% of the proxy's CPU at a fixed rate, against 0.3-0.5% otherwise), and it stays there.
+ *    The bare http-proxy script does the same. Traffic before the idle spell (200 requests) or
+ *    the flag prevents it. V8 reads the flag only when the heap is set up, so it cannot be set
+ *    from here: it must be on the node command line (Node refuses it in NODE_OPTIONS).
+ *    Cost: an idle proxy is not collected to its smallest: 94 MiB RSS 30 s after start, against
+ *    87. `node dist/main.js` without the flag runs as before.
  * Measurements: docs/benchmarks.md#heap-tuning and docs/benchmarks.md#page-faults-and-the-c-heap.
  */
 import { constants, PerformanceObserver } from 'node:perf_hooks';
@@ -126,6 +139,9 @@ export function raiseMallocThresholds(env: NodeJS.ProcessEnv = process.env): boo
   Buffer.allocUnsafeSlow(MALLOC_PRIMER_BYTES)[0] = 1;
   return true;
 }
+
+/** The node flags every way of starting the proxy passes (see 5. above). */
+export const START_FLAGS = ['--no-memory-reducer'] as const;
 
 /** The flags collectOnMainThread sets. */
 export const MAIN_THREAD_GC_FLAGS = ['--no-parallel-scavenge', '--no-concurrent-sweeping', '--no-concurrent-array-buffer-sweeping'] as const;

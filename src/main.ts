@@ -1,9 +1,10 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --no-memory-reducer
 /**
  * Entry point: `node dist/main.js`, `npm start`, `nest start` and the `proxymity` bin.
  *
  *   proxymity [--config FILE] [--log-level LEVEL] [--log-format FORMAT]   (see cli.ts)
  *
+ * The first line passes heap-tuning.ts's START_FLAGS (`env -S`: GNU coreutils 8.30+, BSD, macOS).
  * It moves V8's scavenges and sweeping onto the main thread and keeps V8's young generation from
  * growing while Nest loads (heap-tuning.ts), then runs the command line. cli.ts is imported
  * dynamically on purpose: a static import would load and parse Nest and every module of the

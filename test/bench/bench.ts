@@ -39,6 +39,7 @@ import { fixedRateRun, h2loadMissing, renderFixedRate, type FixedRateResult } fr
 import { pairedRun, renderPaired, type PairedResult } from './paired.bench.js';
 import { benchPicks, type PickResult } from './pick.bench.js';
 import { writeProxymityConfig } from './config-file.js';
+import { START_FLAGS } from '../../src/heap-tuning.js';
 import { cpuSeconds, processTree, rssMiB } from './proc-stats.js';
 import { freePort, waitForPort } from '../helpers/ports.js';
 import { runWrk, type WrkResult } from './wrk.js';
@@ -302,7 +303,7 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
   for (const [name, extra, tlsPort] of variants) {
     const pxPort = await freePort();
     const cfg = writeProxymityConfig(tmp, name.replace(/\W+/g, '-'), `proxy: {host: 127.0.0.1, port: ${pxPort}}\nadmin: {port: 0}\n${extra}backend:\n${originUrls.map((u, i) => `  - name: origin-${i + 1}\n    url: ${u}\n`).join('')}`);
-    const px = spawnLogged(process.execPath, [join(ROOT, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], tmp, name.replace(/\W+/g, '-'));
+    const px = spawnLogged(process.execPath, [...START_FLAGS, join(ROOT, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], tmp, name.replace(/\W+/g, '-'));
     targets.push({ name, url: tlsPort !== undefined ? `https://127.0.0.1:${tlsPort}` : `http://127.0.0.1:${pxPort}`, pid: px.pid, proc: px });
   }
 

@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeProxymityConfig } from './config-file.js';
+import { START_FLAGS } from '../../src/heap-tuning.js';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { freePort, waitForPort } from '../helpers/ports.js';
@@ -57,7 +58,7 @@ export async function benchWebSocket(o: WsBenchOptions): Promise<WsBenchResult> 
     procs.push(spawn(process.execPath, [join(o.root, 'build', 'dummies', 'main.js'), '--ports', String(backendPort), '--host', '127.0.0.1'], { stdio: 'ignore' }));
     const pxPort = await freePort();
     const cfg = writeProxymityConfig(o.tmp, 'ws-proxymity', `proxy: {host: 127.0.0.1, port: ${pxPort}}\nadmin: {enabled: false}\nbackend:\n  - url: http://127.0.0.1:${backendPort}\n`);
-    procs.push(spawn(process.execPath, [join(o.root, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], { stdio: 'ignore' }));
+    procs.push(spawn(process.execPath, [...START_FLAGS, join(o.root, 'dist', 'main.js'), '--config', cfg, '--log-level', 'warn'], { stdio: 'ignore' }));
     await waitForPort(backendPort);
     await waitForPort(pxPort);
     const payload = Buffer.alloc(o.messageBytes, 'x');
