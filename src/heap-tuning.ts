@@ -11,8 +11,9 @@
  *    generation up to 32 MiB. It hands those pages back only once its memory reducer finds the
  *    process idle: about 20 s after start here, and not within 40 s when the machine is busy. A
  *    freshly started proxy sat at about 120 MiB RSS; held, it peaks at about 100 and idles at
- *    about 90. main.ts holds before it imports anything else; cli.ts ends the hold once the proxy
- *    listens, and under traffic V8 sizes the young generation as it always does.
+ *    about 90 (94 started with --no-memory-reducer, see 5.). main.ts holds before it imports
+ *    anything else; cli.ts ends the hold once the proxy listens, and under traffic V8 sizes the
+ *    young generation as it always does.
  *
  * 2. Keep at least 64 MiB between the old generation's live size and the size at which V8 starts
  *    a full collection (keepHeadroom). V8 counts memory outside its heap, which every socket read
