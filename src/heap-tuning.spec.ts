@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
-import { growingPercentFor, HEADROOM_BYTES, operatorFlags, operatorMalloc, raiseMallocThresholds } from './heap-tuning.js';
+import { growingPercentFor, HEADROOM_BYTES, missingStartFlags, operatorFlags, operatorMalloc, raiseMallocThresholds, START_FLAGS } from './heap-tuning.js';
 
 const run = promisify(execFile);
 
@@ -55,6 +55,19 @@ describe(operatorFlags.name, () => {
 
   it('ignores everything else', () => {
     assert.deepEqual(operatorFlags(['--max-old-space-size=512', '--enable-source-maps', '--predictable-x', '--no-concurrent-marking', '--trace-gc-nvp', '--parallel-scavenge-x', '---parallel-scavenge'], '--trace-warnings'), { young: false, growing: false, helpers: false });
+  });
+});
+
+describe(missingStartFlags.name, () => {
+  it('names the start flags a process lacks, and none when the operator chose the memory reducer either way', () => {
+    assert.deepEqual(missingStartFlags([]), ['--no-memory-reducer']);
+    assert.deepEqual(missingStartFlags(['--enable-source-maps', '--max-semi-space-size=16']), ['--no-memory-reducer']);
+    for (const chosen of ['--no-memory-reducer', '--memory-reducer', '--memory_reducer', '-no-memory-reducer', '--nomemory-reducer']) assert.deepEqual(missingStartFlags([chosen]), [], chosen);
+  });
+
+  it('names only flags this node accepts on its command line', async () => {
+    // A flag node does not know makes `npm start` fail: a later Node that drops one shows here.
+    await run(process.execPath, [...START_FLAGS, '-e', '0']);
   });
 });
 

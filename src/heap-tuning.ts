@@ -66,8 +66,8 @@
  *    from 23 to 29-35 ms (median); they are rare here (see 2.: 3 in 150 s of mixed load).
  *    Left alone when the operator set any of these, or --single-threaded-gc, --single-threaded,
  *    --predictable, on the command line, e.g. `node --parallel-scavenge dist/main.js`.
- * 5. Start node with --no-memory-reducer (START_FLAGS: `npm start`, the bin's first line, `nest
- *    start` through nest-cli.json, the demo and the bench). V8's memory reducer collects the heap
+ * 5. Start node with --no-memory-reducer (START_FLAGS: `npm start`, `nest start` through
+ *    nest-cli.json, the demo and the bench; not the bin, see main.ts). V8's memory reducer collects the heap
  *    of a process it finds idle, from about 8 s after its last full collection. When that
  *    happens before the proxy has served any traffic, which is how most proxies start (deployed,
  *    then put behind a load balancer), Node's own hot paths run slower from then on: creating
@@ -141,8 +141,16 @@ export function raiseMallocThresholds(env: NodeJS.ProcessEnv = process.env): boo
   return true;
 }
 
-/** The node flags every way of starting the proxy passes (see 5. above). */
+/** The node flags the start commands pass (see 5. above). */
 export const START_FLAGS = ['--no-memory-reducer'] as const;
+
+/**
+ * START_FLAGS the process was started without, for a notice at start-up; none when the operator
+ * decided either way (`--memory-reducer` or `--no-memory-reducer`, in any spelling V8 reads).
+ */
+export function missingStartFlags(execArgv: readonly string[]): string[] {
+  return execArgv.some((a) => /^--?(no[-_]?)?memory[-_]reducer$/.test(a)) ? [] : [...START_FLAGS];
+}
 
 /** The flags collectOnMainThread sets. */
 export const MAIN_THREAD_GC_FLAGS = ['--no-parallel-scavenge', '--no-concurrent-sweeping', '--no-concurrent-array-buffer-sweeping'] as const;

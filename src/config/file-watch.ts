@@ -19,7 +19,8 @@ const MAX_LINK_HOPS = 40;
  * (`current` in config.yaml -> current/config.yaml, a release directory swapped by
  * `ln -sfn`; `v1.yaml` in config.yaml -> v1.yaml). A link whose target is missing for now
  * counts its target's name: that name coming back is what counts. Links out of `dir` add
- * nothing (changes there send no event here).
+ * nothing: changes there send no event here, so a link outside that is re-pointed (even back
+ * into `dir`) is seen at the next reload (SIGHUP).
  */
 export function watchedEntries(files: readonly string[], dir: string): Set<string> {
   const names = new Set<string>();

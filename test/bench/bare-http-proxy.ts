@@ -4,6 +4,8 @@
  * throughput halves). Round-robin, no health checks, no header policy.
  *
  *   node build/test/bench/bare-http-proxy.js --port 0 --targets http://127.0.0.1:1,http://127.0.0.1:2
+ *
+ * The bench starts it with the same node flags as Proxymity (START_FLAGS).
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';

@@ -308,7 +308,10 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
   }
 
   const barePort = await freePort();
-  const bare = spawnLogged(process.execPath, [join(HERE, 'bare-http-proxy.js'), '--port', String(barePort), '--targets', originUrls.join(',')], tmp, 'bare');
+  // Started with the same node flags as Proxymity: without them, whichever proxy V8's memory
+  // reducer collects while idle (the idle-memory wait below) runs about 5% slower for good
+  // (docs/benchmarks.md, "The memory reducer and an idle start"), and the ratio would be luck.
+  const bare = spawnLogged(process.execPath, [...START_FLAGS, join(HERE, 'bare-http-proxy.js'), '--port', String(barePort), '--targets', originUrls.join(',')], tmp, 'bare');
   targets.push({ name: 'bare http-proxy', url: `http://127.0.0.1:${barePort}`, pid: bare.pid, proc: bare });
 
   if (haveNginx) {

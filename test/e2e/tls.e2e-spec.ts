@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { X509Certificate } from 'node:crypto';
-import { appendFileSync, copyFileSync, linkSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, linkSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
@@ -451,23 +451,58 @@ describe('certificate files watched on disk', () => {
     const log = join(dir, 'app.log');
     let writer: NodeJS.Timeout | undefined;
     try {
-      const before = await served();
-      assert.equal(before, new X509Certificate(readFileSync(first.cert)).serialNumber);
+      const firstSerial = await served();
+      assert.equal(firstSerial, new X509Certificate(readFileSync(first.cert)).serialNumber);
       writeFileSync(join(other, 'tls.crt'), readFileSync(renewed.cert));
       writeFileSync(join(other, 'tls.key'), readFileSync(renewed.key));
       appendFileSync(log, 'a line\n');
       await sleep(800); // four debounce periods
-      assert.equal(await served(), before, 'a write to another file in the directory re-read the certificates');
+      assert.equal(await served(), firstSerial, 'a write to another file in the directory re-read the certificates');
       // Faster than the 200 ms debounce: every write would restart it, and the renewal would wait for good.
       writer = setInterval(() => appendFileSync(log, 'a line\n'), 50);
       await sleep(200);
       writeFileSync(cert, readFileSync(renewed.cert)); // the certificate's own name: an event that counts
-      const now = await pollUntil(served, (s) => s !== before, { timeoutMs: 3000, what: 'the renewed certificate served while a log is written beside it' });
+      const now = await pollUntil(served, (s) => s !== firstSerial, { timeoutMs: 3000, what: 'the renewed certificate served while a log is written beside it' });
       assert.equal(now, new X509Certificate(readFileSync(renewed.cert)).serialNumber);
     } finally {
       clearInterval(writer);
       await sut.close();
       await closeAll(backends);
+      for (const d of [dir, other]) rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('certificate files in a Kubernetes Secret volume', () => {
+  it('reads the renewed pair when the volume swaps its `..data` link', async () => {
+    const ca = makeTestCa();
+    const first = ca.issue('first', ['a.test']);
+    const renewed = ca.issue('renewed', ['a.test']);
+    // As the kubelet lays a Secret out: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/.
+    const dir = mkdtempSync(join(tmpdir(), 'proxymity-cert-secret-'));
+    const version = (name: string, pair: { cert: string; key: string }) => {
+      mkdirSync(join(dir, name));
+      copyFileSync(pair.cert, join(dir, name, 'tls.crt'));
+      copyFileSync(pair.key, join(dir, name, 'tls.key'));
+    };
+    version('..2026_12_02_05_00_00.1', first);
+    symlinkSync('..2026_12_02_05_00_00.1', join(dir, '..data'));
+    for (const f of ['tls.crt', 'tls.key']) symlinkSync(join('..data', f), join(dir, f));
+    const backends = await startBackends(1);
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, port: 0, host: 127.0.0.1, protocol: https, certificates: [{cert: "${join(dir, 'tls.crt')}", key: "${join(dir, 'tls.key')}"}]}\n`;
+    const sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false });
+    const port = Number(new URL(sut.listeners.tls).port);
+    try {
+      const firstSerial = (await peerCert(port, 'a.test', ca.caCert)).serial;
+      version('..2026_12_02_06_00_00.2', renewed);
+      symlinkSync('..2026_12_02_06_00_00.2', join(dir, '..data_tmp'));
+      renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+      const now = await pollUntil(() => peerCert(port, 'a.test', ca.caCert), (c) => c.serial !== firstSerial, { timeoutMs: 3000, what: 'the renewed certificate served after the ..data swap' });
+      assert.equal(now.serial, new X509Certificate(readFileSync(renewed.cert)).serialNumber);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
