@@ -2,7 +2,8 @@
  * HTTPS listeners with certificates from a test CA (openssl): SNI selection, HTTP/2 and
  * HTTP/1.1 proxied (Node's https and http2 clients, and curl --http2), the redirect listener,
  * HSTS, certificate hot swap with a keep-alive connection open, a bad key refused on reload,
- * certificate files watched on disk (a log beside them ignored), and start-up refusing a bad pair.
+ * certificate files watched on disk (a log beside them ignored; a Secret volume's ..data swap),
+ * and start-up refusing a bad pair.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -429,11 +430,31 @@ listeners:
 });
 
 describe('certificate files watched on disk', () => {
-  it('reads a renewed certificate when its file changes; a log written beside it neither re-reads the certificates nor, written every 50 ms, holds the renewal back', async () => {
+  /** A test CA with two certificates for a.test (the one served first, and its renewal), and an empty directory. */
+  function renewal(prefix: string) {
     const ca = makeTestCa();
-    const first = ca.issue('first', ['a.test']);
-    const renewed = ca.issue('renewed', ['a.test']);
-    const dir = mkdtempSync(join(tmpdir(), 'proxymity-cert-watch-'));
+    return { ca, first: ca.issue('first', ['a.test']), renewed: ca.issue('renewed', ['a.test']), dir: mkdtempSync(join(tmpdir(), prefix)) };
+  }
+
+  /** A proxy with one https listener serving `cert` and `key`, the serial it serves for a.test, and its shutdown. */
+  async function serving(cert: string, key: string, ca: TestCa) {
+    const backends = await startBackends(1);
+    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, port: 0, host: 127.0.0.1, protocol: https, certificates: [{cert: "${cert}", key: "${key}"}]}\n`;
+    const sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false });
+    const port = Number(new URL(sut.listeners.tls).port);
+    return {
+      served: async () => (await peerCert(port, 'a.test', ca.caCert)).serial,
+      close: async () => {
+        await sut.close();
+        await closeAll(backends);
+      },
+    };
+  }
+
+  const serialOf = (cert: string) => new X509Certificate(readFileSync(cert)).serialNumber;
+
+  it('reads a renewed certificate when its file changes; a log written beside it neither re-reads the certificates nor, written every 50 ms, holds the renewal back', async () => {
+    const { ca, first, renewed, dir } = renewal('proxymity-cert-watch-');
     const cert = join(dir, 'tls.crt');
     const key = join(dir, 'tls.key');
     copyFileSync(first.cert, cert);
@@ -443,43 +464,33 @@ describe('certificate files watched on disk', () => {
     const other = mkdtempSync(join(tmpdir(), 'proxymity-cert-watch-link-'));
     linkSync(cert, join(other, 'tls.crt'));
     linkSync(key, join(other, 'tls.key'));
-    const backends = await startBackends(1);
-    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, port: 0, host: 127.0.0.1, protocol: https, certificates: [{cert: "${cert}", key: "${key}"}]}\n`;
-    const sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false });
-    const port = Number(new URL(sut.listeners.tls).port);
-    const served = async () => (await peerCert(port, 'a.test', ca.caCert)).serial;
+    const proxy = await serving(cert, key, ca);
     const log = join(dir, 'app.log');
     let writer: NodeJS.Timeout | undefined;
     try {
-      const firstSerial = await served();
-      assert.equal(firstSerial, new X509Certificate(readFileSync(first.cert)).serialNumber);
+      const firstSerial = await proxy.served();
+      assert.equal(firstSerial, serialOf(first.cert));
       writeFileSync(join(other, 'tls.crt'), readFileSync(renewed.cert));
       writeFileSync(join(other, 'tls.key'), readFileSync(renewed.key));
       appendFileSync(log, 'a line\n');
       await sleep(800); // four debounce periods
-      assert.equal(await served(), firstSerial, 'a write to another file in the directory re-read the certificates');
+      assert.equal(await proxy.served(), firstSerial, 'a write to another file in the directory re-read the certificates');
       // Faster than the 200 ms debounce: every write would restart it, and the renewal would wait for good.
       writer = setInterval(() => appendFileSync(log, 'a line\n'), 50);
       await sleep(200);
       writeFileSync(cert, readFileSync(renewed.cert)); // the certificate's own name: an event that counts
-      const now = await pollUntil(served, (s) => s !== firstSerial, { timeoutMs: 3000, what: 'the renewed certificate served while a log is written beside it' });
-      assert.equal(now, new X509Certificate(readFileSync(renewed.cert)).serialNumber);
+      const now = await pollUntil(proxy.served, (serial) => serial !== firstSerial, { timeoutMs: 3000, what: 'the renewed certificate served while a log is written beside it' });
+      assert.equal(now, serialOf(renewed.cert));
     } finally {
       clearInterval(writer);
-      await sut.close();
-      await closeAll(backends);
+      await proxy.close();
       for (const d of [dir, other]) rmSync(d, { recursive: true, force: true });
     }
   });
-});
 
-describe('certificate files in a Kubernetes Secret volume', () => {
-  it('reads the renewed pair when the volume swaps its `..data` link', async () => {
-    const ca = makeTestCa();
-    const first = ca.issue('first', ['a.test']);
-    const renewed = ca.issue('renewed', ['a.test']);
+  it('reads the renewed pair when a Kubernetes Secret volume swaps its `..data` link', async () => {
+    const { ca, first, renewed, dir } = renewal('proxymity-cert-secret-');
     // As the kubelet lays a Secret out: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/.
-    const dir = mkdtempSync(join(tmpdir(), 'proxymity-cert-secret-'));
     const version = (name: string, pair: { cert: string; key: string }) => {
       mkdirSync(join(dir, name));
       copyFileSync(pair.cert, join(dir, name, 'tls.crt'));
@@ -488,20 +499,17 @@ describe('certificate files in a Kubernetes Secret volume', () => {
     version('..2026_12_02_05_00_00.1', first);
     symlinkSync('..2026_12_02_05_00_00.1', join(dir, '..data'));
     for (const f of ['tls.crt', 'tls.key']) symlinkSync(join('..data', f), join(dir, f));
-    const backends = await startBackends(1);
-    const yaml = `proxy: {host: 127.0.0.1, port: 0}\nbackend: [{url: "${backends[0].url}"}]\nhealthCheck: {enabled: false}\nlisteners:\n  - {name: tls, port: 0, host: 127.0.0.1, protocol: https, certificates: [{cert: "${join(dir, 'tls.crt')}", key: "${join(dir, 'tls.key')}"}]}\n`;
-    const sut = await startProxymity(parseConfig(withAdminPortZero(yaml), 't.yaml'), { logger: false });
-    const port = Number(new URL(sut.listeners.tls).port);
+    const proxy = await serving(join(dir, 'tls.crt'), join(dir, 'tls.key'), ca);
     try {
-      const firstSerial = (await peerCert(port, 'a.test', ca.caCert)).serial;
+      const firstSerial = await proxy.served();
+      assert.equal(firstSerial, serialOf(first.cert));
       version('..2026_12_02_06_00_00.2', renewed);
       symlinkSync('..2026_12_02_06_00_00.2', join(dir, '..data_tmp'));
       renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
-      const now = await pollUntil(() => peerCert(port, 'a.test', ca.caCert), (c) => c.serial !== firstSerial, { timeoutMs: 3000, what: 'the renewed certificate served after the ..data swap' });
-      assert.equal(now.serial, new X509Certificate(readFileSync(renewed.cert)).serialNumber);
+      const now = await pollUntil(proxy.served, (serial) => serial !== firstSerial, { timeoutMs: 3000, what: 'the renewed certificate served after the ..data swap' });
+      assert.equal(now, serialOf(renewed.cert));
     } finally {
-      await sut.close();
-      await closeAll(backends);
+      await proxy.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
