@@ -560,6 +560,9 @@ interface IdleRss {
  * RSS right after start and once idle: V8 grows the young generation while a Nest app boots and
  * its memory reducer gives it back after some seconds without allocation (about 15 s here), so
  * the idle figure is read 30 s after start, for Proxymity and for a bare Nest app alike.
+ * Proxymity runs as `npm start` runs it, without the memory reducer (START_FLAGS), and keeps its
+ * young generation small while it boots instead (src/heap-tuning.ts); the bare Nest app runs with
+ * node's defaults.
  */
 async function idleMemory(px: Target | undefined, tmp: string): Promise<IdleRss | undefined> {
   if (px?.pid === undefined) return undefined;
