@@ -67,17 +67,18 @@
  *    Left alone when the operator set any of these, or --single-threaded-gc, --single-threaded,
  *    --predictable, on the command line, e.g. `node --parallel-scavenge dist/main.js`.
  * 5. Start node with --no-memory-reducer (START_FLAGS: `npm start`, `nest start` through
- *    nest-cli.json, the demo and the bench; not the bin, see main.ts). V8's memory reducer collects the heap
- *    of a process it finds idle, from about 8 s after its last full collection. When that
- *    happens before the proxy has served any traffic, which is how most proxies start (deployed,
- *    then put behind a load balancer), Node's own hot paths run slower from then on: creating
- *    `process.nextTick`'s task objects falls into V8's runtime (map transitions and migrations,
- *    5% of the proxy's CPU at a fixed rate, against 0.3-0.5% otherwise), and it stays there.
- *    The bare http-proxy script does the same. Traffic before the idle spell (200 requests) or
- *    the flag prevents it. V8 reads the flag only when the heap is set up, so it cannot be set
- *    from here: it must be on the node command line (Node refuses it in NODE_OPTIONS).
- *    Cost: an idle proxy is not collected to its smallest: 94 MiB RSS 30 s after start, against
- *    87. `node dist/main.js` without the flag runs as before.
+ *    nest-cli.json, the demo and the bench; not the bin, see main.ts). V8's memory reducer
+ *    collects the heap of a process it finds idle, from about 8 s after its last full collection.
+ *    When that happens before the proxy has served any traffic, which is how most proxies start
+ *    (deployed, then put behind a load balancer), Node's own hot paths run slower from then on:
+ *    creating `process.nextTick`'s task objects falls into V8's runtime (map transitions and
+ *    migrations, 5% of the proxy's CPU at a fixed rate, against 0.3-0.5% otherwise), and it stays
+ *    there. The bare http-proxy script does the same. Traffic before the idle spell (200
+ *    requests) or the flag prevents it. V8 reads the flag only when the heap is set up, so it
+ *    cannot be set from here: it must be on the node command line (Node refuses it in
+ *    NODE_OPTIONS). Cost: an idle proxy is not collected to its smallest: 94 MiB RSS 30 s after
+ *    start, against 87. `node dist/main.js` without the flag runs as before, and cli.ts says so
+ *    in one line once the proxy listens (missingStartFlags).
  * Measurements: docs/benchmarks.md#heap-tuning and docs/benchmarks.md#page-faults-and-the-c-heap.
  */
 import { constants, PerformanceObserver } from 'node:perf_hooks';
