@@ -19,6 +19,10 @@
  * against the uncached proxies and direct to the origin. On the other scenarios (no freshness)
  * the cached Proxymity shows what the cache costs on traffic it cannot store.
  *
+ * --undici adds a reference point: the bare proxy with undici's Pool as its upstream client
+ * (bare-undici.ts) as a target in the table, and at the fixed rate against the bare http-proxy
+ * script (docs/benchmarks.md, "The upstream client").
+ *
  * --observability adds two more Proxymity instances: one with metrics off (and no access log),
  * one with metrics on and JSON access logs to a file, so the cost of both can be read off.
  *
@@ -30,7 +34,7 @@
  * under 2.
  */
 import { spawn, spawnSync, type ChildProcess, execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, writeFileSync, openSync, closeSync, ftruncateSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, openSync, closeSync, ftruncateSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -92,6 +96,8 @@ interface Options {
   scenarios: string[] | undefined;
   noStream: boolean;
   observability: boolean;
+  /** Add the bare undici proxy as a reference point (--undici). */
+  undici: boolean;
   /** Add Proxymity with a rate limit that never triggers, in memory and in Redis (--rate-limit). */
   rateLimit: boolean;
   /** Add Proxymity and nginx with their caches on, and the cacheable scenarios (--cache). */
@@ -124,6 +130,7 @@ function parseOptions(argv: string[]): Options {
     scenarios: val('--scenarios')?.split(','),
     noStream: argv.includes('--no-stream'),
     observability: argv.includes('--observability'),
+    undici: argv.includes('--undici'),
     rateLimit: argv.includes('--rate-limit'),
     cache: argv.includes('--cache'),
     tls: argv.includes('--tls'),
@@ -313,6 +320,11 @@ async function startTargets(tmp: string, opts: Options): Promise<{ origins: numb
   // (docs/benchmarks.md, "The memory reducer and an idle start"), and the ratio would be luck.
   const bare = spawnLogged(process.execPath, [...START_FLAGS, join(HERE, 'bare-http-proxy.js'), '--port', String(barePort), '--targets', originUrls.join(',')], tmp, 'bare');
   targets.push({ name: 'bare http-proxy', url: `http://127.0.0.1:${barePort}`, pid: bare.pid, proc: bare });
+  if (opts.undici) {
+    const port = await freePort();
+    const proc = spawnLogged(process.execPath, [...START_FLAGS, join(HERE, 'bare-undici.js'), '--port', String(port), '--targets', originUrls.join(',')], tmp, 'bare-undici');
+    targets.push({ name: 'bare undici', url: `http://127.0.0.1:${port}`, pid: proc.pid, proc });
+  }
 
   if (haveNginx) {
     const ngPort = await freePort();
@@ -447,10 +459,12 @@ async function main(): Promise<void> {
   const tmp = mkdtempSync(join(os.tmpdir(), 'proxymity-bench-'));
   if (opts.wsOnly) {
     console.log(renderWs(await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 })).join('\n'));
+    rmSync(tmp, { recursive: true, force: true });
     return;
   }
   const started = Date.now();
   const { originKind, originProc, sinkProc, targets } = await startTargets(tmp, opts);
+  let done = false;
   const idleRss = await idleMemory(targets.find((t) => t.name === 'proxymity'), tmp);
   console.log(`origins: ${originKind}; targets: ${targets.map((t) => t.name).join(', ')}; ${opts.rounds} rounds × ${opts.durationS}s × ${SCENARIOS.length + (opts.cache ? CACHE_SCENARIOS.length : 0)} scenarios; wrk -t1 -c${opts.connections}`);
 
@@ -510,10 +524,13 @@ async function main(): Promise<void> {
     }
 
     const fixed: FixedRateResult[] = [];
+    const fixedUndici: FixedRateResult[] = [];
     const noH2load = opts.fixedRounds > 0 ? h2loadMissing() : undefined;
-    if (opts.fixedRounds > 0 && noH2load === undefined && px?.pid !== undefined && bare?.pid !== undefined) {
+    const undici = targets.find((t) => t.name === 'bare undici');
+    for (const [a, into] of [[px, fixed], [undici, fixedUndici]] as const) {
+      if (opts.fixedRounds === 0 || noH2load !== undefined || a?.pid === undefined || bare?.pid === undefined) continue;
       for (const scenario of scenarios.filter((x) => x.name === 'small GET (3 B)' || x.name === '16 KiB GET')) {
-        fixed.push(await fixedRateRun(px, bare, scenario, { rounds: opts.fixedRounds, durationS: opts.quick ? 1 : 4, clients: FIXED_RATE_CLIENTS, rpsPerClient: opts.rate / FIXED_RATE_CLIENTS, tmpDir: tmp }));
+        into.push(await fixedRateRun(a, bare, scenario, { rounds: opts.fixedRounds, durationS: opts.quick ? 1 : 4, clients: FIXED_RATE_CLIENTS, rpsPerClient: opts.rate / FIXED_RATE_CLIENTS, tmpDir: tmp }));
       }
       process.stdout.write('\n');
     }
@@ -527,19 +544,23 @@ async function main(): Promise<void> {
     const picks = benchPicks(opts.quick ? 200 : 400);
     const h2 = opts.tls ? await runH2load(targets.find((t) => t.name === 'proxymity (https)'), opts) : undefined;
     const ws = opts.ws ? await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 }) : undefined;
-    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...renderPaired(paired, median), ...renderFixedRate(fixed, median), ...(noH2load ? ['', noH2load] : []), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
+    const md = [render(rows, streams, picks, { originKind, idleRss, opts, seconds: (Date.now() - started) / 1000 }), ...renderPaired(paired, median), ...renderFixedRate(fixed, median), ...renderFixedRate(fixedUndici, median, 'bare undici'), ...(noH2load ? ['', noH2load] : []), ...(h2 ? ['', h2] : []), ...(ws ? renderWs(ws) : [])].join('\n');
     console.log(md);
     const dir = join(ROOT, 'bench-results');
     mkdirSync(dir, { recursive: true });
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, paired, fixedRate: fixed, streams, picks, websocket: ws }, null, 2));
+    writeFileSync(join(dir, `${stamp}.json`), JSON.stringify({ date: new Date().toISOString(), machine: machine(), originKind, idleRssMiB: idleRss, options: opts, rows, paired, fixedRate: fixed, fixedRateUndici: fixedUndici, streams, picks, websocket: ws }, null, 2));
     writeFileSync(join(dir, `${stamp}.md`), md);
     console.log(`written: bench-results/${stamp}.json and .md`);
+    done = true;
   } finally {
     for (const t of targets) t.proc?.kill('SIGTERM');
     originProc.kill('SIGTERM');
     sinkProc?.kill('SIGTERM');
     for (const p of extraProcs) p.kill('SIGTERM');
+    // The processes' logs and configs: kept when the run failed, for reading.
+    if (done) rmSync(tmp, { recursive: true, force: true });
+    else console.error(`logs of the run kept in ${tmp}`);
   }
 }
 

@@ -30,7 +30,7 @@ export interface FixedRateResult {
   /** Requests per second offered to each proxy. */
   rate: number;
   rounds: number;
-  /** Proxymity ÷ bare, requests per CPU-second, one per round. */
+  /** The first target (Proxymity, or the undici reference) ÷ bare, requests per CPU-second, one per round. */
   cpuRatios: number[];
   /** Latency percentiles (ms) over all rounds: [Proxymity, bare]. */
   p50Ms: [number, number];
@@ -153,13 +153,14 @@ export async function fixedRateRun(a: PairedTarget, b: PairedTarget, scenario: {
   return out;
 }
 
-export function renderFixedRate(results: readonly FixedRateResult[], median: (xs: number[]) => number): string[] {
+/** `a` names the target the results compare with the bare http-proxy script (fixedRateRun's first). */
+export function renderFixedRate(results: readonly FixedRateResult[], median: (xs: number[]) => number, a = 'Proxymity'): string[] {
   if (results.length === 0) return [];
   const r2 = (n: number) => `${n.toFixed(2)}×`;
   const ms = (n: number) => n.toFixed(2);
   const lines = [
     '',
-    `| fixed rate: Proxymity and bare http-proxy at the same time, h2load ${results[0].rate.toLocaleString('en-US')} req/s offered to each | rounds | req/CPU-s, Proxymity ÷ bare: median (min–max) | req/s sent, Proxymity / bare | p50 ms, Proxymity / bare | p99 ms, Proxymity / bare | p99 ÷ bare | not 2xx, Proxymity / bare |`,
+    `| fixed rate: ${a} and bare http-proxy at the same time, h2load ${results[0].rate.toLocaleString('en-US')} req/s offered to each | rounds | req/CPU-s, ${a} ÷ bare: median (min–max) | req/s sent, ${a} / bare | p50 ms, ${a} / bare | p99 ms, ${a} / bare | p99 ÷ bare | not 2xx, ${a} / bare |`,
     '|---|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of results) {
