@@ -1,3 +1,7 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { LoggerService } from '@nestjs/common';
+import { hstsOf } from './hsts.js';
+
 /**
  * The one mapping from a failure to what the client gets. Codes are stable snake_case
  * identifiers and, where RFC 9209 defines one, are its proxy error types; they appear in the
@@ -110,3 +114,30 @@ export const REASON: Readonly<Record<number, string>> = { 400: 'Bad Request', 40
 export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fromEntries(
   Object.entries(PROXY_ERRORS).map(([code, e]) => [code, `${e.status} ${REASON[e.status] ?? ''}: ${e.text} (${code})\n`]),
 ) as Record<ProxyErrorCode, string>;
+
+const INTERNAL_ERROR_BODY = '500 Internal Server Error: proxy_internal_error\n';
+
+/**
+ * A bug, not an outcome (an exception out of the request path): logs it with its stack, and
+ * answers this one request 500, with `Connection: close` over HTTP/1.1 (the connection's state
+ * is unknown) and the listener's HSTS; once the response has begun, cuts it instead, so the
+ * client cannot take a truncated body for a whole one. The process goes on serving.
+ */
+export function answerInternalError(req: IncomingMessage, res: ServerResponse, err: unknown, logger: LoggerService): void {
+  logger.error(`unexpected error handling ${req.method} ${req.url?.slice(0, 200)}: ${(err as Error | undefined)?.stack ?? String(err)}`);
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const headers = ['content-type', 'text/plain; charset=utf-8'];
+  // HTTP/2 has no connection-specific fields (Node refuses them); the stream ends with the response.
+  if (req.httpVersionMajor < 2) headers.push('connection', 'close');
+  const hsts = hstsOf(req);
+  if (hsts !== undefined) headers.push('strict-transport-security', hsts);
+  try {
+    res.writeHead(500, headers);
+    res.end(INTERNAL_ERROR_BODY);
+  } catch {
+    res.destroy();
+  }
+}

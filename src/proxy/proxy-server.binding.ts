@@ -9,6 +9,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { hstsOfSocket } from './hsts.js';
+import { answerInternalError } from './proxy-errors.js';
 import { ProxyMiddleware } from './proxy.middleware.js';
 import { UpgradeProxy } from './upgrade-proxy.service.js';
 
@@ -37,12 +38,7 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
       try {
         if (!proxy.handle(req, res)) proxy.serveOwn(req, res, express);
       } catch (err) {
-        // A bug, not an expected outcome: answer this one request and keep serving.
-        logger.error(`unexpected error handling ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
-        if (!res.headersSent) {
-          res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
-          res.end('500 Internal Server Error: proxy_internal_error\n');
-        } else res.destroy();
+        answerInternalError(req, res, err, logger);
       }
     });
 

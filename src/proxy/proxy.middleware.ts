@@ -7,7 +7,7 @@
  * Synchronous, never throws (the caller guards anyway), no async, no next() after forwarding.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Inject, Injectable, type NestMiddleware } from '@nestjs/common';
+import { Inject, Injectable, Logger, type NestMiddleware } from '@nestjs/common';
 import { ResponseCacheService } from '../cache/response-cache.service.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
@@ -19,12 +19,14 @@ import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
 import { prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
 import { kResponseHeaders, ProxyEngine, type WithResponseHeaders } from './proxy-engine.service.js';
+import { answerInternalError } from './proxy-errors.js';
 
 const SLASH = 47;
 const QUESTION = 63;
 
 @Injectable()
 export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerResponse> {
+  private readonly logger = new Logger(ProxyMiddleware.name);
   private readonly ownPath: string;
   private readonly policy: HeaderPolicy;
   private readonly maxUrlLength: number;
@@ -114,9 +116,7 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
           } catch (err) {
             // A bug, not an outcome: this one request fails, the process stays up.
             v.release?.();
-            if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
-            res.end('500 Internal Server Error: proxy_internal_error\n');
-            void err;
+            answerInternalError(req, res, err, this.logger);
           }
         });
       }
@@ -163,10 +163,9 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
       res.removeListener('close', onGone);
       try {
         this.dispatch(req, res, route, requestId, target, false, failed);
-      } catch {
+      } catch (err) {
         // A bug, not an outcome: this request fails, the others waiting go on, the process stays up.
-        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
-        res.end('500 Internal Server Error: proxy_internal_error\n');
+        answerInternalError(req, res, err, this.logger);
       }
     });
   }

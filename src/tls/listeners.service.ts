@@ -27,6 +27,7 @@ import { MetricsService } from '../metrics/metrics.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
 import { answerClientError, applyClientTimeouts, type ClientTimeoutTarget } from '../proxy/proxy-server.binding.js';
 import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
+import { answerInternalError } from '../proxy/proxy-errors.js';
 import { CertificateSet, loadCertificate } from './certificate-store.js';
 import { kHsts, type HstsServer } from '../proxy/hsts.js';
 
@@ -84,9 +85,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
         // The proxy's own endpoint (health) answers on the raw request, over HTTP/1.1 and HTTP/2.
         if (!proxy.handle(req, res)) proxy.serveOwn(req, res, express);
       } catch (err) {
-        logger.error(`unexpected error handling ${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
-        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
-        res.end('500 Internal Server Error: proxy_internal_error\n');
+        answerInternalError(req, res, err, logger);
       }
     };
     for (const l of this.cfg.listeners) {
