@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { isWatchedEntry, watchedEntries } from './file-watch.js';
+import { Debounce, DirectoryWatch, isWatchedEntry, watchedEntries } from './file-watch.js';
+import { pollUntil } from '../../test/helpers/poll-until.js';
 
 describe('file watch: which names in the directory count', () => {
   const dirs: string[] = [];
@@ -55,5 +56,69 @@ describe('file watch: which names in the directory count', () => {
     const entries = watchedEntries([join(dir, 'chain.yaml')], dir);
     for (const name of ['chain.yaml', 'stage.yaml', 'current', '..data', '..2026_12_02_04_00_00.123']) assert.equal(isWatchedEntry(name, entries), true, name);
     for (const name of ['access.log', 'releases', 'chain.yaml.swp', '.chain.yaml.tmp', 'h2load.log']) assert.equal(isWatchedEntry(name, entries), false, name);
+  });
+});
+
+describe('DirectoryWatch and Debounce, on a real directory', () => {
+  const dirs: string[] = [];
+  const watches: DirectoryWatch[] = [];
+  after(() => {
+    for (const w of watches) w.close();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+  function recorder() {
+    const lines: string[] = [];
+    return { lines, warn: (m: string) => void lines.push(`warn ${m}`), log: (m: string) => void lines.push(`log ${m}`) };
+  }
+
+  it('a directory removed and put back: says so, watches the new one, and reports the change', async () => {
+    const parent = mkdtempSync(join(tmpdir(), 'proxymity-watch-'));
+    dirs.push(parent);
+    const dir = join(parent, 'conf');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'config.yaml'), 'v1\n');
+    let changes = 0;
+    const log = recorder();
+    const watch = new DirectoryWatch(dir, [join(dir, 'config.yaml')], () => changes++, log, 'SIGHUP still reloads');
+    watches.push(watch);
+    assert.equal(watch.start(), true);
+
+    rmSync(dir, { recursive: true });
+    await pollUntil(() => log.lines, (l) => l.some((x) => x.startsWith(`warn stopped watching ${dir}: the directory was removed or moved away`)), { what: 'the removal noticed' });
+    assert.match(log.lines.find((x) => x.startsWith('warn stopped'))!, /looking for it every 1 s, and SIGHUP still reloads$/);
+
+    const before = changes;
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'config.yaml'), 'v2\n');
+    await pollUntil(() => changes, (n) => n > before, { what: 'the new directory watched and the change reported', timeoutMs: 10_000 });
+    assert.ok(log.lines.includes(`log watching ${dir} again`));
+
+    // The new directory's watch works: a later write is seen too, an unrelated one is not.
+    const again = changes;
+    writeFileSync(join(dir, 'unrelated.log'), 'x\n');
+    writeFileSync(join(dir, 'config.yaml'), 'v3\n');
+    await pollUntil(() => changes, (n) => n > again, { what: 'a write in the new directory seen' });
+  });
+
+  it('Debounce: a file rewritten faster than the quiet period is still read, while the writes go on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'proxymity-watch-'));
+    dirs.push(dir);
+    const file = join(dir, 'config.yaml');
+    writeFileSync(file, 'v0\n');
+    let fired = 0;
+    const debounce = new Debounce(() => fired++, 200, 1000);
+    const watch = new DirectoryWatch(dir, [file], () => debounce.poke(), recorder(), 'SIGHUP still reloads');
+    watches.push(watch);
+    watch.start();
+    let writes = 0;
+    // A write every 50 ms: never quiet for 200 ms. Without the maximum wait, nothing would fire.
+    const writer = setInterval(() => writeFileSync(file, `v${++writes}\n`), 50);
+    try {
+      await pollUntil(() => fired, (n) => n > 0, { what: 'a reload during continuous writes', timeoutMs: 10_000 });
+    } finally {
+      clearInterval(writer);
+      debounce.cancel();
+    }
+    assert.ok(writes > 4, `fired after ${writes} writes`);
   });
 });

@@ -7,7 +7,7 @@
  * out once, and again only when one of them changes or on a reload: any other name costs a set
  * lookup, with no file-system call.
  */
-import { readlinkSync } from 'node:fs';
+import { readlinkSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 
 /** Symlink hops followed, as Linux's own limit (ELOOP after 40). */
@@ -50,4 +50,134 @@ export function watchedEntries(files: readonly string[], dir: string): Set<strin
  */
 export function isWatchedEntry(name: string, entries: ReadonlySet<string>): boolean {
   return entries.has(name) || name.startsWith('..');
+}
+
+/**
+ * Calls `fn` once a burst of pokes has been quiet for `waitMs`, and at the latest `maxWaitMs`
+ * after the burst's first poke: a file rewritten more often than `waitMs` (a watched name written
+ * continuously) still gets read, at most `maxWaitMs` late.
+ */
+export class Debounce {
+  private timer: NodeJS.Timeout | undefined = undefined;
+  private firstAt = 0;
+
+  constructor(
+    private readonly fn: () => void,
+    private readonly waitMs: number,
+    private readonly maxWaitMs: number,
+  ) {}
+
+  poke(): void {
+    const now = performance.now();
+    if (this.timer === undefined) this.firstAt = now;
+    else if (now + this.waitMs - this.firstAt > this.maxWaitMs) return; // due soon enough: let it fire
+    else clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.fn();
+    }, this.waitMs);
+  }
+
+  cancel(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+/** How often a watched directory that was removed (or moved away) is looked for again. */
+export const RECHECK_MS = 1000;
+
+/**
+ * A watch on the directory `files` are read from: `onChange` runs on a change to one of their
+ * names (isWatchedEntry). If the directory itself is removed or moved away, the watch stops
+ * working without a word from the platform; here that is noticed (the event naming the directory
+ * itself, or the watch's error), logged, and the path is looked for every RECHECK_MS until a
+ * directory is there again: then it is watched again, and `onChange` runs (its files may differ).
+ */
+export class DirectoryWatch {
+  private watcher: FSWatcher | undefined = undefined;
+  private recheck: NodeJS.Timeout | undefined = undefined;
+  private entries: ReadonlySet<string>;
+  /** The directory's inode when watched: a directory put back in its place is another one. */
+  private ino = -1;
+  private closed = false;
+
+  constructor(
+    readonly dir: string,
+    private readonly files: readonly string[],
+    private readonly onChange: () => void,
+    private readonly logger: { warn(message: string): void; log(message: string): void },
+    /** What still reloads while the watch is down, for the warnings ("SIGHUP still reloads"). */
+    private readonly fallback: string,
+  ) {
+    this.entries = watchedEntries(files, dir);
+  }
+
+  /** Starts watching; false (after a warning) when the directory cannot be watched. */
+  start(): boolean {
+    try {
+      this.ino = statSync(this.dir).ino;
+      this.watcher = watch(this.dir, (_event, changed) => this.onEvent(changed));
+      this.watcher.on('error', (err) => this.lost(`watch error: ${err.message}`));
+      return true;
+    } catch (err) {
+      this.logger.warn(`cannot watch ${this.dir}: ${(err as Error).message}; ${this.fallback}`);
+      return false;
+    }
+  }
+
+  /** The names that count, as the links now are (a reload calls it: links swapped meanwhile). */
+  refresh(): void {
+    this.entries = watchedEntries(this.files, this.dir);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.watcher?.close();
+    this.watcher = undefined;
+    if (this.recheck !== undefined) clearInterval(this.recheck);
+    this.recheck = undefined;
+  }
+
+  private onEvent(changed: string | Buffer | null): void {
+    const name = changed == null ? undefined : String(changed);
+    if (name !== undefined && !isWatchedEntry(name, this.entries)) {
+      // Linux names the directory itself when it is removed or moved (its basename).
+      if (name === basename(this.dir) && this.gone()) this.lost('the directory was removed or moved away');
+      return;
+    }
+    if (name === undefined && this.gone()) return this.lost('the directory was removed or moved away');
+    // A link on the way to a file may have been swapped: follow the chain again.
+    this.entries = watchedEntries(this.files, this.dir);
+    this.onChange();
+  }
+
+  private gone(): boolean {
+    try {
+      return statSync(this.dir).ino !== this.ino;
+    } catch {
+      return true;
+    }
+  }
+
+  private lost(why: string): void {
+    if (this.closed || this.recheck !== undefined) return;
+    this.watcher?.close();
+    this.watcher = undefined;
+    this.logger.warn(`stopped watching ${this.dir}: ${why}; looking for it every ${RECHECK_MS / 1000} s, and ${this.fallback}`);
+    this.recheck = setInterval(() => {
+      try {
+        if (!statSync(this.dir).isDirectory()) return;
+      } catch {
+        return;
+      }
+      clearInterval(this.recheck);
+      this.recheck = undefined;
+      if (this.closed || !this.start()) return;
+      this.logger.log(`watching ${this.dir} again`);
+      this.refresh();
+      this.onChange();
+    }, RECHECK_MS);
+    this.recheck.unref();
+  }
 }

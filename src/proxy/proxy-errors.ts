@@ -130,7 +130,7 @@ export function answerInternalError(req: IncomingMessage, res: ServerResponse, e
     return;
   }
   const headers = ['content-type', 'text/plain; charset=utf-8'];
-  // HTTP/2 has no connection-specific fields (Node refuses them); the stream ends with the response.
+  // HTTP/2 has no connection-specific fields (Node drops them, with a process warning); the stream ends with the response.
   if (req.httpVersionMajor < 2) headers.push('connection', 'close');
   const hsts = hstsOf(req);
   if (hsts !== undefined) headers.push('strict-transport-security', hsts);

@@ -10,7 +10,6 @@
  * Requests in flight keep the route, pool and policies they started with; removed backends
  * take no new requests and are closed once idle.
  */
-import { watch, type FSWatcher } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { BackendRegistry } from '../backend/backend-registry.service.js';
@@ -18,7 +17,7 @@ import { ResponseCacheService } from '../cache/response-cache.service.js';
 import { ConfigStore, configVersion } from '../config/config-store.js';
 import { ConfigError } from '../config/config.errors.js';
 import { loadConfigFile } from '../config/config.loader.js';
-import { isWatchedEntry, watchedEntries } from '../config/file-watch.js';
+import { Debounce, DirectoryWatch } from '../config/file-watch.js';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { LoadBalancerService } from '../load-balancer/load-balancer.service.js';
@@ -27,7 +26,9 @@ import { RoutingService } from '../routing/routing.service.js';
 
 /** Top-level keys a reload cannot change (listeners and process-wide settings). */
 const RESTART_ONLY = ['proxy', 'admin', 'metrics', 'accessLog', 'websocket'] as const;
+/** A change is read once the file has been quiet this long, and at most MAX_WAIT_MS after the first change. */
 const DEBOUNCE_MS = 200;
+const MAX_WAIT_MS = 2000;
 
 export interface ReloadResult {
   readonly result: 'success' | 'failure' | 'unchanged';
@@ -40,15 +41,13 @@ export interface ReloadResult {
 @Injectable()
 export class ReloadService implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger(ReloadService.name);
-  private watcher: FSWatcher | undefined;
-  private debounce: NodeJS.Timeout | undefined;
   /**
-   * The directory entries the config file depends on (watchedEntries), worked out when a watch
-   * event names one of them and on every reload, not per event: a log written in the config's
-   * directory sends an event per write, and each would otherwise cost a readlink (a thrown
-   * error for the plain file at the end of the chain) on the main thread.
+   * The config file's directory. Which names in it count is worked out when a watch event names
+   * one of them and on every reload, not per event: a log written in the config's directory
+   * sends an event per write, and each would otherwise cost a readlink on the main thread.
    */
-  private entries: ReadonlySet<string> = new Set();
+  private watch: DirectoryWatch | undefined;
+  private readonly debounce = new Debounce(() => void this.reloadFromFile('file change'), DEBOUNCE_MS, MAX_WAIT_MS);
   private readonly onSighup = (): void => void this.reloadFromFile('SIGHUP');
 
   constructor(
@@ -67,26 +66,14 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     process.on('SIGHUP', this.onSighup);
     // Watch the directory: editors and config management replace the file (rename), which a
     // watch on the file itself would lose.
-    const dir = dirname(resolve(file));
-    this.entries = watchedEntries([file], dir);
-    try {
-      this.watcher = watch(dir, (_event, changed) => {
-        if (changed != null && !isWatchedEntry(String(changed), this.entries)) return;
-        // A link on the way to the file may have been swapped: follow the chain again.
-        this.entries = watchedEntries([file], dir);
-        if (this.debounce !== undefined) clearTimeout(this.debounce);
-        this.debounce = setTimeout(() => void this.reloadFromFile('file change'), DEBOUNCE_MS);
-      });
-      this.watcher.on('error', (err) => this.logger.warn(`config file watch stopped: ${err.message}; SIGHUP and POST /config/reload still reload`));
-    } catch (err) {
-      this.logger.warn(`cannot watch ${dir}: ${(err as Error).message}; SIGHUP and POST /config/reload still reload`);
-    }
+    const watch = new DirectoryWatch(dirname(resolve(file)), [file], () => this.debounce.poke(), this.logger, 'SIGHUP and POST /config/reload still reload');
+    if (watch.start()) this.watch = watch;
   }
 
   onApplicationShutdown(): void {
     process.removeListener('SIGHUP', this.onSighup);
-    if (this.debounce !== undefined) clearTimeout(this.debounce);
-    this.watcher?.close();
+    this.debounce.cancel();
+    this.watch?.close();
   }
 
   /** Reads the config file again and applies it. */
@@ -94,7 +81,7 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     const file = this.store.file;
     if (file === undefined) return this.fail(trigger, ['this instance was started without a config file']);
     // After a burst of changes (or a SIGHUP after links were swapped), the chain as it now is.
-    if (this.watcher !== undefined) this.entries = watchedEntries([file], dirname(resolve(file)));
+    this.watch?.refresh();
     let next: ProxymityConfig;
     try {
       next = loadConfigFile(file);

@@ -11,7 +11,6 @@
  * with the file) and the certificates in use stay. Connections that are open keep the
  * certificate they were made with.
  */
-import { watch, type FSWatcher } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2, { type Http2SecureServer } from 'node:http2';
 import https from 'node:https';
@@ -21,7 +20,7 @@ import type { Duplex } from 'node:stream';
 import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { PROXYMITY_CONFIG } from '../config/config.tokens.js';
-import { isWatchedEntry, watchedEntries } from '../config/file-watch.js';
+import { Debounce, DirectoryWatch } from '../config/file-watch.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
@@ -32,13 +31,6 @@ import { CertificateSet, loadCertificate } from './certificate-store.js';
 import { kHsts, type HstsServer } from '../proxy/hsts.js';
 
 type ListenerConfig = ProxymityConfig['listeners'][number];
-
-/** A directory holding certificate or key files, and the names in it that concern them. */
-interface WatchedDir {
-  readonly dir: string;
-  readonly files: readonly string[];
-  entries: ReadonlySet<string>;
-}
 
 /** A listener that cannot start (bad certificate or key, port in use); main.ts prints its message. */
 export class ListenerError extends Error {}
@@ -57,9 +49,10 @@ interface Running {
 export class ListenersService implements OnApplicationBootstrap, BeforeApplicationShutdown, OnApplicationShutdown {
   private readonly logger = new Logger('Listeners');
   readonly running: Running[] = [];
-  private readonly watchers: FSWatcher[] = [];
-  private readonly watched: WatchedDir[] = [];
-  private debounce: NodeJS.Timeout | undefined;
+  /** The directories holding certificate or key files. */
+  private readonly watches: DirectoryWatch[] = [];
+  /** One for all directories: a certificate and its key renewed in two directories are read together. */
+  private readonly debounce = new Debounce(() => void this.reloadCertificates('file change'), 200, 2000);
   private readonly onSighup = (): void => void this.reloadCertificates('SIGHUP');
 
   constructor(
@@ -161,7 +154,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
   reloadCertificates(trigger: string): boolean {
     let ok = true;
     // Links swapped since the last event (a SIGHUP after `ln -sfn`): the names as they now are.
-    for (const w of this.watched) w.entries = watchedEntries(w.files, w.dir);
+    for (const w of this.watches) w.refresh();
     for (const r of this.running) {
       if (r.cfg.protocol !== 'https') continue;
       try {
@@ -207,20 +200,8 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
       // Only the files' own names (and links on the way to them) count: a log written in the
       // same directory must neither re-read every certificate nor, by resetting the debounce
       // with each write, keep a renewed certificate from ever being read.
-      const watched: WatchedDir = { dir, files, entries: watchedEntries(files, dir) };
-      try {
-        const w = watch(dir, (_event, changed) => {
-          if (changed != null && !isWatchedEntry(String(changed), watched.entries)) return;
-          watched.entries = watchedEntries(files, dir);
-          if (this.debounce !== undefined) clearTimeout(this.debounce);
-          this.debounce = setTimeout(() => this.reloadCertificates('file change'), 200);
-        });
-        w.on('error', () => undefined);
-        this.watchers.push(w);
-        this.watched.push(watched);
-      } catch (err) {
-        this.logger.warn(`cannot watch ${dir}: ${(err as Error).message}; SIGHUP still reloads certificates`);
-      }
+      const watch = new DirectoryWatch(dir, files, () => this.debounce.poke(), this.logger, 'SIGHUP still reloads certificates');
+      if (watch.start()) this.watches.push(watch);
     }
   }
 
@@ -236,8 +217,8 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
 
   async onApplicationShutdown(): Promise<void> {
     process.removeListener('SIGHUP', this.onSighup);
-    if (this.debounce !== undefined) clearTimeout(this.debounce);
-    for (const w of this.watchers) w.close();
+    this.debounce.cancel();
+    for (const w of this.watches) w.close();
     for (const r of this.running) {
       for (const session of r.sessions) session.destroy();
       for (const s of r.sockets) s.destroy();

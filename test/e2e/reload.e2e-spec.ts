@@ -4,7 +4,7 @@
  * sending requests. Not one request may fail, and traffic must follow each new config.
  */
 import assert from 'node:assert/strict';
-import { linkSync, mkdirSync, mkdtempSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -280,6 +280,32 @@ describe('config file watch', () => {
       await reloaded(2, 'a link in the middle of the chain swapped');
       writeFileSync(join(dir, 'v3.yaml'), version(4));
       await reloaded(3, 'the file at the end of the chain written');
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
+  });
+
+  it('a config directory removed and put back (a deploy that replaces it whole): keeps serving, then applies the new file', async () => {
+    const backends = await startBackends(2);
+    const dir = join(mkdtempSync(join(tmpdir(), 'proxymity-watch-dir-')), 'conf');
+    mkdirSync(dir);
+    const file = join(dir, 'proxymity.yaml');
+    writeFileSync(file, configText(backends, [{ name: 'b1' }]));
+    const sut = await startProxymity(loadConfigFile(file), { logger: false, configFile: file });
+    const backendOf = async () => (await request(`${sut.url}/which`)).headers['x-backend'];
+    try {
+      assert.equal(await backendOf(), 'b1');
+      rmSync(dir, { recursive: true });
+      // The file's removal is a change: reading it fails, and the running config stays.
+      await pollUntil(async () => sample(await scrape(sut.adminUrl!, TOKEN), 'proxymity_config_reloads_total', { result: 'failure' }), (f) => f === 1, { what: 'the missing file refused' });
+      assert.equal(await backendOf(), 'b1', 'the running config serves while the directory is gone');
+      mkdirSync(dir);
+      writeFileSync(file, configText(backends, [{ name: 'b2' }]));
+      await pollUntil(backendOf, (b) => b === 'b2', { timeoutMs: 10_000, what: 'the config in the new directory applied' });
+      // And the new directory is watched: the next write is applied too.
+      writeFileSync(file, configText(backends, [{ name: 'b1' }]));
+      await pollUntil(backendOf, (b) => b === 'b1', { timeoutMs: 5000, what: 'a write in the new directory applied' });
     } finally {
       await sut.close();
       await closeAll(backends);
