@@ -186,6 +186,8 @@ interface Row {
   p99Ms: number;
   peakRssMiB: number | undefined;
   errors: number;
+  /** Each round's figures, in round order (the JSON only): how far the medians above spread. */
+  rounds: { rps: number[]; reqPerCpuS: number[]; p99Ms: number[] };
 }
 
 function spawnLogged(cmd: string, args: string[], tmp: string, name: string): ChildProcess {
@@ -509,6 +511,7 @@ async function main(): Promise<void> {
           p99Ms: median(s.p99),
           peakRssMiB: s.peak.length ? Math.max(...s.peak) : undefined,
           errors: s.errors,
+          rounds: { rps: s.rps, reqPerCpuS: s.rpcs, p99Ms: s.p99 },
         });
       }
     }
