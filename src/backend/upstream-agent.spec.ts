@@ -3,6 +3,7 @@
  * reuse, against real servers on loopback.
  */
 import assert from 'node:assert/strict';
+import { AsyncLocalStorage, createHook } from 'node:async_hooks';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -175,5 +176,93 @@ describe('upstream agent', () => {
     await get(agent, origin.port);
     agent.destroy();
     assert.equal(agent.sweeper, undefined);
+  });
+
+  describe('taking a pooled socket as Node\'s agent does (the plain-HTTP fast path)', () => {
+    /** The sequence run through Node's own keep-alive agent and through ours, compared. */
+    async function trace(agent: http.Agent): Promise<{ ports: string[]; reused: boolean[]; reuseInits: number; stores: (string | undefined)[]; asyncIds: number[] }> {
+      const reuses: object[] = [];
+      // Node's agent tells async hooks about each reuse: an init for the socket's new async id.
+      const hook = createHook({ init: (_id, type, _trigger, resource) => void (type === 'TCPWRAP' && 'handle' in (resource as object) && reuses.push(resource)) }).enable();
+      const als = new AsyncLocalStorage<string>();
+      const ports: string[] = [];
+      const reused: boolean[] = [];
+      const stores: (string | undefined)[] = [];
+      const asyncIds: number[] = [];
+      try {
+        for (const label of ['first', 'second', 'third']) {
+          await als.run(label, () =>
+            new Promise<void>((resolve, reject) => {
+              const req = http.get({ host: '127.0.0.1', port: origin.port, path: '/', agent }, (res) => {
+                stores.push(als.getStore());
+                let body = '';
+                res.on('data', (c: Buffer) => (body += c));
+                res.on('end', () => {
+                  ports.push(body);
+                  reused.push(req.reusedSocket);
+                  resolve();
+                });
+              });
+              req.on('socket', (s: Socket) => asyncIds.push((s as Socket & { _handle?: { getAsyncId(): number } })._handle?.getAsyncId() ?? -1));
+              req.on('error', reject);
+            }),
+          );
+        }
+      } finally {
+        hook.disable();
+      }
+      return { ports, reused, reuseInits: reuses.length, stores, asyncIds };
+    }
+
+    it('one connection, a new async id per request, each request\'s async context: the same as Node\'s agent', async () => {
+      const node = new http.Agent({ keepAlive: true });
+      const ours = createUpstreamAgent('http:', OPTS);
+      try {
+        const expected = await trace(node);
+        const got = await trace(ours);
+        assert.equal(new Set(got.ports).size, 1, 'one connection');
+        assert.deepEqual(got.reused, expected.reused);
+        assert.deepEqual(got.reused, [false, true, true]);
+        assert.equal(got.reuseInits, expected.reuseInits);
+        assert.equal(got.reuseInits, 2);
+        assert.equal(new Set(got.asyncIds).size, 3, `a new async id on each reuse: ${got.asyncIds.join(', ')}`);
+        assert.deepEqual(got.stores, ['first', 'second', 'third']);
+        assert.deepEqual(got.stores, expected.stores);
+      } finally {
+        node.destroy();
+        ours.destroy();
+      }
+    });
+
+    it('takes the most recently freed socket (LIFO), as Node does by default', async () => {
+      const agent = createUpstreamAgent('http:', OPTS);
+      try {
+        // Two connections at once, then freed in a known order: /slow ends 50 ms after /.
+        const [fast, slow] = await Promise.all([get(agent, origin.port, '/'), get(agent, origin.port, '/slow')]);
+        assert.notEqual(fast.body, slow.body);
+        assert.equal(freeCount(agent), 2);
+        const next = await get(agent, origin.port);
+        assert.equal(next.reused, true);
+        assert.equal(next.body, slow.body, 'the socket freed last');
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it('skips a pooled socket that was destroyed, and opens a new connection when none is left', async () => {
+      const agent = createUpstreamAgent('http:', OPTS);
+      try {
+        const first = await get(agent, origin.port);
+        for (const list of Object.values(agent.freeSockets)) for (const s of list ?? []) s.destroy();
+        const before = origin.connections;
+        const next = await get(agent, origin.port);
+        assert.equal(next.status, 200);
+        assert.equal(next.reused, false);
+        assert.notEqual(next.body, first.body);
+        assert.equal(origin.connections - before, 1);
+      } finally {
+        agent.destroy();
+      }
+    });
   });
 });

@@ -42,8 +42,10 @@ export function sendUpstream(
   owner: object,
   on: UpstreamListeners,
 ): ClientRequest {
+  // No `protocol`: http.request and https.request take their agent's. Node copies these options
+  // three times per request (twice in ClientRequest, once more in the agent when it opens a
+  // connection), so every key costs.
   const options: http.RequestOptions = {
-    protocol: backend.protocol,
     hostname: backend.hostname,
     port,
     method,
