@@ -20,9 +20,12 @@ class Origin {
   readonly open = new Set<Socket>();
   connections = 0;
   hint: string | undefined;
+  /** Answers to `/held`, sent when the test calls them. */
+  held: (() => void)[] = [];
   constructor() {
     this.server = http.createServer((req, res) => {
       if (req.url === '/silent') return; // never answers
+      if (req.url === '/held') return void this.held.push(() => res.end(String(req.socket.remotePort)));
       if (this.hint !== undefined) res.setHeader('keep-alive', this.hint);
       if (req.url === '/slow') return void setTimeout(() => res.end(String(req.socket.remotePort)), 50);
       req.resume(); // a body, if any, is read before the answer
@@ -180,7 +183,7 @@ describe('upstream agent', () => {
 
   describe('taking a pooled socket as Node\'s agent does (the plain-HTTP fast path)', () => {
     /** The sequence run through Node's own keep-alive agent and through ours, compared. */
-    async function trace(agent: http.Agent): Promise<{ ports: string[]; reused: boolean[]; reuseInits: number; stores: (string | undefined)[]; asyncIds: number[] }> {
+    async function trace(agent: http.Agent): Promise<{ ports: string[]; reused: boolean[]; reuseInits: number; stores: (string | undefined)[]; asyncIds: number[]; consistent: boolean[] }> {
       const reuses: object[] = [];
       // Node's agent tells async hooks about each reuse: an init for the socket's new async id.
       const hook = createHook({ init: (_id, type, _trigger, resource) => void (type === 'TCPWRAP' && 'handle' in (resource as object) && reuses.push(resource)) }).enable();
@@ -189,6 +192,8 @@ describe('upstream agent', () => {
       const reused: boolean[] = [];
       const stores: (string | undefined)[] = [];
       const asyncIds: number[] = [];
+      /** The socket's own record of its async id (Node's internal symbol) agrees with its handle's. */
+      const consistent: boolean[] = [];
       try {
         for (const label of ['first', 'second', 'third']) {
           await als.run(label, () =>
@@ -203,7 +208,12 @@ describe('upstream agent', () => {
                   resolve();
                 });
               });
-              req.on('socket', (s: Socket) => asyncIds.push((s as Socket & { _handle?: { getAsyncId(): number } })._handle?.getAsyncId() ?? -1));
+              req.on('socket', (s: Socket) => {
+                const id = (s as Socket & { _handle?: { getAsyncId(): number } })._handle?.getAsyncId() ?? -1;
+                const symbol = Object.getOwnPropertySymbols(s).find((x) => x.description === 'async_id_symbol');
+                asyncIds.push(id);
+                consistent.push(symbol !== undefined && (s as unknown as Record<symbol, number>)[symbol] === id);
+              });
               req.on('error', reject);
             }),
           );
@@ -211,7 +221,7 @@ describe('upstream agent', () => {
       } finally {
         hook.disable();
       }
-      return { ports, reused, reuseInits: reuses.length, stores, asyncIds };
+      return { ports, reused, reuseInits: reuses.length, stores, asyncIds, consistent };
     }
 
     it('one connection, a new async id per request, each request\'s async context: the same as Node\'s agent', async () => {
@@ -226,6 +236,8 @@ describe('upstream agent', () => {
         assert.equal(got.reuseInits, expected.reuseInits);
         assert.equal(got.reuseInits, 2);
         assert.equal(new Set(got.asyncIds).size, 3, `a new async id on each reuse: ${got.asyncIds.join(', ')}`);
+        assert.deepEqual(got.consistent, [true, true, true]);
+        assert.deepEqual(got.consistent, expected.consistent);
         assert.deepEqual(got.stores, ['first', 'second', 'third']);
         assert.deepEqual(got.stores, expected.stores);
       } finally {
@@ -237,13 +249,37 @@ describe('upstream agent', () => {
     it('takes the most recently freed socket (LIFO), as Node does by default', async () => {
       const agent = createUpstreamAgent('http:', OPTS);
       try {
-        // Two connections at once, then freed in a known order: /slow ends 50 ms after /.
-        const [fast, slow] = await Promise.all([get(agent, origin.port, '/'), get(agent, origin.port, '/slow')]);
+        // Two connections at once, freed in a known order: /held is answered once / has ended.
+        const held = get(agent, origin.port, '/held');
+        const fast = await get(agent, origin.port, '/');
+        await pollUntil(() => origin.held.length, (n) => n === 1, { what: '/held to arrive' });
+        origin.held.shift()!();
+        const slow = await held;
         assert.notEqual(fast.body, slow.body);
         assert.equal(freeCount(agent), 2);
         const next = await get(agent, origin.port);
         assert.equal(next.reused, true);
         assert.equal(next.body, slow.body, 'the socket freed last');
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it('keeps the busy count: with maxSockets 1, a second request waits for the reused socket instead of opening another', async () => {
+      const agent = createUpstreamAgent('http:', { ...OPTS, maxSockets: 1, maxFreeSockets: 1 });
+      try {
+        const first = await get(agent, origin.port);
+        const before = origin.connections;
+        const a = get(agent, origin.port, '/held'); // takes the pooled socket (the fast path)
+        await pollUntil(() => origin.held.length, (n) => n === 1, { what: '/held to arrive' });
+        const b = get(agent, origin.port, '/');
+        const key = Object.keys(agent.sockets)[0]!;
+        assert.equal(agent.sockets[key]?.length, 1, 'the reused socket counts as busy');
+        assert.equal(agent.requests[key]?.length, 1, 'the second request is queued, not sent on a new connection');
+        origin.held.shift()!();
+        const [ra, rb] = await Promise.all([a, b]);
+        assert.deepEqual([ra.body, rb.body], [first.body, first.body]);
+        assert.equal(origin.connections, before, 'no new connection');
       } finally {
         agent.destroy();
       }

@@ -163,7 +163,7 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
      * goes through Node's own path.
      */
     addRequest(req: http.ClientRequest, options: http.ClientRequestArgs): void {
-      if (plain) {
+      if (plain && (this as { scheduling?: string }).scheduling !== 'fifo') {
         const name = this.getName(options);
         const pools = this.freeSockets as Record<string, Socket[] | undefined>;
         const free = pools[name];

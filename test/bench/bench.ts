@@ -562,8 +562,14 @@ async function main(): Promise<void> {
     sinkProc?.kill('SIGTERM');
     for (const p of extraProcs) p.kill('SIGTERM');
     // The processes' logs and configs: kept when the run failed, for reading.
-    if (done) rmSync(tmp, { recursive: true, force: true });
-    else console.error(`logs of the run kept in ${tmp}`);
+    // Children may still be writing there as they exit: a failure to remove only leaves the directory.
+    if (done) {
+      try {
+        rmSync(tmp, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+      } catch (err) {
+        console.error(`could not remove ${tmp}: ${(err as Error).message}`);
+      }
+    } else console.error(`logs of the run kept in ${tmp}`);
   }
 }
 

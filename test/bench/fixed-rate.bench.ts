@@ -32,14 +32,14 @@ export interface FixedRateResult {
   rounds: number;
   /** The first target (Proxymity, or the undici reference) ÷ bare, requests per CPU-second, one per round. */
   cpuRatios: number[];
-  /** Latency percentiles (ms) over all rounds: [Proxymity, bare]. */
+  /** Latency percentiles (ms) over all rounds: [first target, bare]. */
   p50Ms: [number, number];
   p99Ms: [number, number];
-  /** Requests answered with 2xx, and all others (non-2xx, failed, errored): [Proxymity, bare]. */
+  /** Requests answered with 2xx, and all others (non-2xx, failed, errored): [first target, bare]. */
   ok: [number, number];
   failed: [number, number];
   /**
-   * Requests per second each proxy was actually sent over the measured rounds: [Proxymity, bare].
+   * Requests per second each proxy was actually sent over the measured rounds: [first target, bare].
    * h2load sends HTTP/1.1 requests one at a time per connection, so a proxy slower than
    * 1 / (requests per second per connection) is sent fewer, and the rate is not held.
    */
