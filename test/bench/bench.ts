@@ -461,7 +461,7 @@ async function main(): Promise<void> {
   const tmp = mkdtempSync(join(os.tmpdir(), 'proxymity-bench-'));
   if (opts.wsOnly) {
     console.log(renderWs(await benchWebSocket({ root: ROOT, tmp, rounds: opts.rounds, durationS: opts.durationS, clients: 64, messageBytes: 64 })).join('\n'));
-    rmSync(tmp, { recursive: true, force: true });
+    removeTemp(tmp);
     return;
   }
   const started = Date.now();
@@ -562,14 +562,17 @@ async function main(): Promise<void> {
     sinkProc?.kill('SIGTERM');
     for (const p of extraProcs) p.kill('SIGTERM');
     // The processes' logs and configs: kept when the run failed, for reading.
-    // Children may still be writing there as they exit: a failure to remove only leaves the directory.
-    if (done) {
-      try {
-        rmSync(tmp, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
-      } catch (err) {
-        console.error(`could not remove ${tmp}: ${(err as Error).message}`);
-      }
-    } else console.error(`logs of the run kept in ${tmp}`);
+    if (done) removeTemp(tmp);
+    else console.error(`logs of the run kept in ${tmp}`);
+  }
+}
+
+/** Removes the run's temp directory; children may still be writing there as they exit, so a failure only leaves it. */
+function removeTemp(tmp: string): void {
+  try {
+    rmSync(tmp, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+  } catch (err) {
+    console.error(`could not remove ${tmp}: ${(err as Error).message}`);
   }
 }
 
