@@ -181,7 +181,7 @@ describe('upstream agent', () => {
     assert.equal(agent.sweeper, undefined);
   });
 
-  describe('taking a pooled socket as Node\'s agent does (the plain-HTTP fast path)', () => {
+  describe('taking and freeing a pooled socket as Node\'s agent does (the plain-HTTP fast path)', () => {
     /** The sequence run through Node's own keep-alive agent and through ours, compared. */
     async function trace(agent: http.Agent): Promise<{ ports: string[]; reused: boolean[]; reuseInits: number; stores: (string | undefined)[]; asyncIds: number[]; consistent: boolean[] }> {
       const reuses: object[] = [];
@@ -280,6 +280,70 @@ describe('upstream agent', () => {
         const [ra, rb] = await Promise.all([a, b]);
         assert.deepEqual([ra.body, rb.body], [first.body, first.body]);
         assert.equal(origin.connections, before, 'no new connection');
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    /** What the agent holds once a response has ended: busy and pooled lists, and the pooled socket's async-id record. */
+    async function afterFree(agent: http.Agent): Promise<{ busy: number[]; pooled: number[]; asyncIdRecord: number | undefined }> {
+      await get(agent, origin.port);
+      const pooled = Object.values(agent.freeSockets).map((l) => l?.length ?? 0);
+      const socket = Object.values(agent.freeSockets)[0]?.[0];
+      const symbol = socket && Object.getOwnPropertySymbols(socket).find((x) => x.description === 'async_id_symbol');
+      return {
+        busy: Object.values(agent.sockets).map((l) => l?.length ?? 0),
+        pooled,
+        asyncIdRecord: symbol === undefined ? undefined : (socket as unknown as Record<symbol, number>)[symbol],
+      };
+    }
+
+    it('puts a socket back in the pool as Node\'s agent does when its response ends', async () => {
+      const node = new http.Agent({ keepAlive: true });
+      const ours = createUpstreamAgent('http:', OPTS);
+      try {
+        for (let i = 0; i < 2; i++) {
+          const expected = await afterFree(node);
+          const got = await afterFree(ours);
+          assert.deepEqual(got, expected);
+          assert.deepEqual(got, { busy: [], pooled: [1], asyncIdRecord: -1 });
+        }
+      } finally {
+        node.destroy();
+        ours.destroy();
+      }
+    });
+
+    it('closes a freed socket instead of pooling it beyond maxFreeSockets', async () => {
+      const agent = createUpstreamAgent('http:', { ...OPTS, maxFreeSockets: 1 });
+      try {
+        const held = get(agent, origin.port, '/held');
+        await pollUntil(() => origin.held.length, (n) => n === 1, { what: '/held to arrive' });
+        const before = origin.open.size;
+        await get(agent, origin.port, '/'); // a second connection, pooled
+        assert.equal(origin.open.size, before + 1);
+        origin.held.shift()!();
+        await held; // the pool is full: this one is closed
+        assert.equal(freeCount(agent), 1);
+        await pollUntil(() => origin.open.size, (n) => n === before, { what: 'the extra connection to close' });
+        assert.equal((agent as unknown as { totalSocketCount: number }).totalSocketCount, 1);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it('closes a pooled socket that fails, takes it out of the agent, and the next request opens a new connection', async () => {
+      const agent = createUpstreamAgent('http:', OPTS);
+      try {
+        const first = await get(agent, origin.port);
+        const pooled = Object.values(agent.freeSockets)[0]![0]!;
+        // With no listener for a pooled socket's error, this would be an uncaught exception.
+        pooled.destroy(Object.assign(new Error('reset by peer'), { code: 'ECONNRESET' }));
+        await pollUntil(() => freeCount(agent), (n) => n === 0, { what: 'the failed socket to leave the pool' });
+        assert.equal((agent as unknown as { totalSocketCount: number }).totalSocketCount, 0);
+        const next = await get(agent, origin.port);
+        assert.equal(next.reused, false);
+        assert.notEqual(next.body, first.body);
       } finally {
         agent.destroy();
       }
