@@ -60,6 +60,15 @@ function freeCount(agent: http.Agent): number {
   return Object.values(agent.freeSockets).reduce((n, l) => n + (l?.length ?? 0), 0);
 }
 
+/** Node's count of the agent's open connections (busy and pooled). */
+function socketCount(agent: http.Agent): number {
+  return (agent as unknown as { totalSocketCount: number }).totalSocketCount;
+}
+
+function pooledSockets(agent: http.Agent): Socket[] {
+  return Object.values(agent.freeSockets).flatMap((l) => l ?? []);
+}
+
 describe('upstream agent', () => {
   const origin = new Origin();
   let stalled: StalledListener;
@@ -289,7 +298,7 @@ describe('upstream agent', () => {
     async function afterFree(agent: http.Agent): Promise<{ busy: number[]; pooled: number[]; asyncIdRecord: number | undefined }> {
       await get(agent, origin.port);
       const pooled = Object.values(agent.freeSockets).map((l) => l?.length ?? 0);
-      const socket = Object.values(agent.freeSockets)[0]?.[0];
+      const socket = pooledSockets(agent)[0];
       const symbol = socket && Object.getOwnPropertySymbols(socket).find((x) => x.description === 'async_id_symbol');
       return {
         busy: Object.values(agent.sockets).map((l) => l?.length ?? 0),
@@ -298,16 +307,22 @@ describe('upstream agent', () => {
       };
     }
 
-    it('puts a socket back in the pool as Node\'s agent does when its response ends', async () => {
+    it('puts a socket back in the pool as Node\'s agent does when its response ends, through its own free handler', async () => {
       const node = new http.Agent({ keepAlive: true });
       const ours = createUpstreamAgent('http:', OPTS);
       try {
-        for (let i = 0; i < 2; i++) {
+        for (let i = 0; i < 3; i++) {
           const expected = await afterFree(node);
           const got = await afterFree(ours);
           assert.deepEqual(got, expected);
           assert.deepEqual(got, { busy: [], pooled: [1], asyncIdRecord: -1 });
         }
+        // Node's handler would add a once() error listener to the pooled socket on each free
+        // (next to the agent's own, set at connect); the agent's handler adds none.
+        assert.equal(ours.listenerCount('free'), 1);
+        const errorListeners = pooledSockets(ours)[0]!.rawListeners('error');
+        assert.equal(errorListeners.length, 1, 'one error listener, set once per connection');
+        assert.equal('listener' in errorListeners[0]!, false, 'not a once() wrapper');
       } finally {
         node.destroy();
         ours.destroy();
@@ -315,18 +330,19 @@ describe('upstream agent', () => {
     });
 
     it('closes a freed socket instead of pooling it beyond maxFreeSockets', async () => {
-      const agent = createUpstreamAgent('http:', { ...OPTS, maxFreeSockets: 1 });
+      // A long idle timeout: only maxFreeSockets can close a socket here.
+      const agent = createUpstreamAgent('http:', { ...OPTS, idleTimeoutMs: 60_000, maxFreeSockets: 1 });
       try {
         const held = get(agent, origin.port, '/held');
         await pollUntil(() => origin.held.length, (n) => n === 1, { what: '/held to arrive' });
-        const before = origin.open.size;
-        await get(agent, origin.port, '/'); // a second connection, pooled
-        assert.equal(origin.open.size, before + 1);
+        const fast = await get(agent, origin.port, '/'); // a second connection, pooled
+        assert.equal(socketCount(agent), 2);
         origin.held.shift()!();
-        await held; // the pool is full: this one is closed
-        assert.equal(freeCount(agent), 1);
-        await pollUntil(() => origin.open.size, (n) => n === before, { what: 'the extra connection to close' });
-        assert.equal((agent as unknown as { totalSocketCount: number }).totalSocketCount, 1);
+        const slow = await held; // the pool is full: this one is closed
+        assert.notEqual(fast.body, slow.body);
+        assert.deepEqual(pooledSockets(agent).map((s) => String(s.localPort)), [fast.body], 'the socket pooled first stays');
+        await pollUntil(() => socketCount(agent), (n) => n === 1, { what: 'the second connection to close' });
+        await pollUntil(() => [...origin.open].some((s) => String(s.remotePort) === slow.body), (open) => !open, { what: 'the origin to see it closed' });
       } finally {
         agent.destroy();
       }
@@ -336,14 +352,40 @@ describe('upstream agent', () => {
       const agent = createUpstreamAgent('http:', OPTS);
       try {
         const first = await get(agent, origin.port);
-        const pooled = Object.values(agent.freeSockets)[0]![0]!;
+        const pooled = pooledSockets(agent)[0]!;
+        // Out of the agent as the error is emitted, as Node's listener does it (not later, on 'close').
+        const atError = new Promise<{ free: number; sockets: number }>((resolve) => pooled.on('error', () => resolve({ free: freeCount(agent), sockets: socketCount(agent) })));
+        // Listened for after the agent's own 'close' listener: it has run when this resolves.
+        const closed = new Promise((resolve) => pooled.once('close', resolve));
         // With no listener for a pooled socket's error, this would be an uncaught exception.
         pooled.destroy(Object.assign(new Error('reset by peer'), { code: 'ECONNRESET' }));
-        await pollUntil(() => freeCount(agent), (n) => n === 0, { what: 'the failed socket to leave the pool' });
-        assert.equal((agent as unknown as { totalSocketCount: number }).totalSocketCount, 0);
+        assert.deepEqual(await atError, { free: 0, sockets: 0 });
+        await closed;
+        assert.equal(socketCount(agent), 0, 'counted out once');
         const next = await get(agent, origin.port);
         assert.equal(next.reused, false);
         assert.notEqual(next.body, first.body);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it('leaves the error of a socket in use to its request, and counts the socket out once', async () => {
+      const agent = createUpstreamAgent('http:', OPTS);
+      try {
+        await get(agent, origin.port); // pooled, so the next request reuses it (the fast path)
+        const held = get(agent, origin.port, '/held');
+        await pollUntil(() => origin.held.length, (n) => n === 1, { what: '/held to arrive' });
+        const busy = Object.values(agent.sockets).flatMap((l) => l ?? []);
+        assert.equal(busy.length, 1);
+        const closed = new Promise((resolve) => busy[0]!.once('close', resolve)); // after the agent's 'close' listener
+        busy[0]!.destroy(Object.assign(new Error('reset by peer'), { code: 'ECONNRESET' }));
+        await assert.rejects(held, { code: 'ECONNRESET', message: 'reset by peer' });
+        await closed;
+        assert.equal(socketCount(agent), 0, 'counted out once');
+        assert.equal(freeCount(agent), 0);
+        origin.held.shift()!();
+        assert.equal((await get(agent, origin.port)).status, 200);
       } finally {
         agent.destroy();
       }
