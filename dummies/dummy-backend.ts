@@ -32,7 +32,7 @@ export interface DummyBackendOptions {
   host?: string;
 }
 
-export type Misbehaviour = 'reset' | 'hang' | 'drop-mid-body' | 'garbage' | 'answer-early';
+export type Misbehaviour = 'reset' | 'hang' | 'drop-mid-body' | 'garbage' | 'answer-early' | 'switch-protocols' | 'switch-no-upgrade';
 
 const CHUNK = Buffer.alloc(64 * 1024, 'x');
 
@@ -187,6 +187,12 @@ export class DummyBackend {
     if (fault === 'garbage') {
       req.resume();
       req.socket.end('this is not HTTP\r\n\r\n');
+      return;
+    }
+    if (fault === 'switch-protocols' || fault === 'switch-no-upgrade') {
+      // 101 to a request that asked for no upgrade, and the connection kept open.
+      req.resume();
+      req.socket.write(fault === 'switch-protocols' ? 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n' : 'HTTP/1.1 101 Switching Protocols\r\n\r\n');
       return;
     }
     const delay = this.delayMatch(path) ?? this.delayMs;

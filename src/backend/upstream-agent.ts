@@ -65,6 +65,20 @@ function onSocketTimeout(this: PooledSocket): void {
   else req.destroy(Object.assign(new Error('upstream socket timeout'), { code: 'ETIMEDOUT' }));
 }
 
+/**
+ * The socket closed. One case needs telling the request: the backend answered 101 Switching
+ * Protocols (with an Upgrade field) to a request that asked for no upgrade. Node's client hands
+ * such a socket to a request's 'upgrade' listener, and with none closes it, and the request then
+ * hears only 'close': no response, no error, so the client waited forever and the request kept
+ * its backend's slot. Here it gets an error (a protocol error, 502). Set once per connection,
+ * and ahead of Node's own 'close' listeners: no listener per request.
+ */
+function onSocketClose(this: PooledSocket): void {
+  const req = this._httpMessage as (http.ClientRequest & { res?: (http.IncomingMessage & { upgrade?: boolean }) | null; upgradeOrConnect?: boolean }) | null | undefined;
+  if (req == null || req.upgradeOrConnect === true || req.res?.upgrade !== true || req.listenerCount('error') === 0) return;
+  req.emit('error', Object.assign(new Error('the backend answered 101 Switching Protocols to a request that asked for no upgrade'), { code: 'HPE_UNEXPECTED_UPGRADE' }));
+}
+
 /** connectTimeout ran out before the connection (and its TLS handshake) was up: as the socket's own timeout would. */
 function onConnectDeadline(socket: PooledSocket): void {
   if (socket.destroyed) return;
@@ -217,6 +231,7 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
         const deadline = setTimeout(onConnectDeadline, connectMs, socket);
         socket.once('close', () => clearTimeout(deadline));
         socket.on('timeout', onSocketTimeout);
+        socket.on('close', onSocketClose);
         socket.setKeepAlive(true, 1000);
         if (plain) {
           (socket as PooledSocket).pooled = false;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ConfigError } from './config.errors.js';
-import { parseConfig, resolveConfigPath, suggest } from './config.loader.js';
+import { MAX_ALIAS_COUNT, parseConfig, resolveConfigPath, suggest } from './config.loader.js';
 
 const SEED = `
 proxy:
@@ -219,5 +219,39 @@ describe('parseConfig: environment variables', () => {
   it('keeps $${ as a literal ${ and never touches keys', () => {
     const cfg = parseConfig('backend:\n  - url: "http://127.0.0.1:1"\n    healthCheck: {headers: {x-tpl: "$${KEEP}"}}\n', 'env.yaml', env);
     assert.equal(cfg.backend[0].healthCheck?.headers?.['x-tpl'], '${KEEP}');
+  });
+});
+
+// Regression (chaos test): `x: *nope` appended to a running proxy's config, or a small alias
+// bomb, made toJS() throw a plain ReferenceError that a reload did not catch: exit 70.
+describe('parseConfig: YAML aliases (regression: alias error on reload crashed the proxy)', () => {
+  /** Three levels of anchors, each used ten times: 1000 values from four short lines. */
+  const BOMB = 'a: &a [x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n';
+  /** `n` uses of one anchor, as health-check headers (a place where they are valid). */
+  const uses = (n: number) => `${SEED}healthCheck:\n  headers:\n    x-0: &v "1"\n${Array.from({ length: n }, (_, i) => `    x-${i + 1}: *v\n`).join('')}`;
+
+  it('rejects an alias with no anchor as a ConfigError naming file, line, column, key and alias', () => {
+    assert.match(problems(`${SEED}x: *nope\n`), /config\.yaml:12:4 {2}x: YAML: alias \*nope has no anchor &nope before it/);
+  });
+
+  it('reports every unresolved alias at once, including one used before its anchor', () => {
+    const msg = problems('backend:\n  - url: *u\n  - url: &u http://h:1\n    name: b\nhealthCheck: {path: *p}\n');
+    assert.match(msg, /^Invalid config\.yaml \(2 problems\):/);
+    assert.match(msg, /config\.yaml:2:10 {2}backend\[0\]\.url: YAML: alias \*u has no anchor &u before it/);
+    assert.match(msg, /config\.yaml:5:21 {2}healthCheck\.path: YAML: alias \*p has no anchor &p before it/);
+  });
+
+  it('still accepts aliases that resolve', () => {
+    const sut = parseConfig('backend:\n  - {name: a, url: &u "http://h:1"}\n  - {name: b, url: *u}\n');
+    assert.deepEqual(sut.backend.map((b) => b.url), ['http://h:1', 'http://h:1']);
+  });
+
+  it(`rejects an alias bomb as a ConfigError naming the file and the limit (${MAX_ALIAS_COUNT})`, () => {
+    assert.match(problems(BOMB), /^Invalid config\.yaml \(1 problem\):\n {2}config\.yaml {2}YAML: aliases expand too far: more than 100 copies of an anchored value/);
+  });
+
+  it(`allows ${MAX_ALIAS_COUNT} copies of an anchored value (the anchor and ${MAX_ALIAS_COUNT - 1} aliases) and refuses one more`, () => {
+    assert.equal(Object.keys(parseConfig(uses(MAX_ALIAS_COUNT - 1)).healthCheck.headers ?? {}).length, MAX_ALIAS_COUNT);
+    assert.match(problems(uses(MAX_ALIAS_COUNT)), /YAML: aliases expand too far: more than 100 copies/);
   });
 });

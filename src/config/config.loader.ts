@@ -3,7 +3,7 @@
  * may be slow, fails loudly with every problem at once, each with file:line:col and YAML path.
  */
 import { readFileSync } from 'node:fs';
-import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
+import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from './config.errors.js';
 import { type backendSchema, type BackendConfig, configSchema, crossFieldIssues, DEFAULT_POOL, editDistance, hostPortOf, type PoolConfig, type ProxymityConfig, type RouteConfig } from './config.schema.js';
@@ -45,12 +45,11 @@ export function parseConfig(text: string, file = 'config.yaml', env: NodeJS.Proc
       }),
     );
   }
+  const aliasIssues = unresolvedAliases(doc, lineCounter);
+  if (aliasIssues.length > 0) throw new ConfigError(file, aliasIssues);
   const envIssues = interpolateEnv(doc, lineCounter, env);
   if (envIssues.length > 0) throw new ConfigError(file, envIssues);
-  const raw: unknown = doc.toJS() ?? {};
-  if (typeof raw !== 'object' || Array.isArray(raw)) {
-    throw new ConfigError(file, [{ path: '', line: 1, col: 1, message: 'expected a mapping with "proxy" and "backend" keys' }]);
-  }
+  const raw = toPlain(doc, file);
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issues = result.error.issues.flatMap((issue) => toConfigIssues(issue, doc, lineCounter));
@@ -63,6 +62,57 @@ export function parseConfig(text: string, file = 'config.yaml', env: NodeJS.Proc
     throw new ConfigError(file, issues);
   }
   return deepFreeze(normalize(result.data)) as ProxymityConfig;
+}
+
+/**
+ * How far YAML aliases may expand: copies of one anchored value, the anchor and each alias
+ * counting 1, multiplied by the copies nested inside it (the yaml library's own count and
+ * default, made explicit). It refuses an alias bomb (a few lines of nested anchors that expand
+ * to millions of nodes) before it takes the memory of a running proxy on reload. The price:
+ * an anchor with 100 aliases or more is refused too, which a config never needs.
+ */
+export const MAX_ALIAS_COUNT = 100;
+
+/**
+ * The document as plain values. The yaml library throws plain errors from here (an alias
+ * bomb, or anything `unresolvedAliases` did not foresee); they become a ConfigError so that a
+ * reload refuses the file and keeps the running config instead of crashing the process.
+ */
+function toPlain(doc: Document, file: string): object {
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) ?? {};
+  } catch (err) {
+    const message = (err as Error).message ?? String(err);
+    const why = /excessive alias count/i.test(message)
+      ? `YAML: aliases expand too far: more than ${MAX_ALIAS_COUNT} copies of an anchored value (the anchor and each alias count 1, nested anchors multiply)`
+      : `YAML: ${firstLine(message)}`;
+    throw new ConfigError(file, [{ path: '', line: 0, col: 0, message: why }]);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ConfigError(file, [{ path: '', line: 1, col: 1, message: 'expected a mapping with "proxy" and "backend" keys' }]);
+  }
+  return raw;
+}
+
+/**
+ * Aliases with no anchor of their name before them. The yaml library reports them only by
+ * throwing from `toJS()`, without a position, and one at a time; this finds them all, where
+ * they are. "Before" is the library's rule: earlier in the document, or an enclosing node.
+ */
+function unresolvedAliases(doc: Document, lc: LineCounter): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const anchors = new Set<string>();
+  visit(doc, {
+    Node(_key, node, ancestors) {
+      if (isAlias(node)) {
+        if (anchors.has(node.source)) return;
+        const pos = lc.linePos(node.range?.[0] ?? 0);
+        issues.push({ path: formatPath(keyPath(ancestors, node)), line: pos.line, col: pos.col, message: `YAML: alias *${node.source} has no anchor &${node.source} before it` });
+      } else if (node.anchor) anchors.add(node.anchor);
+    },
+  });
+  return issues;
 }
 
 /**

@@ -328,9 +328,12 @@ export class ProxyEngine {
   /** @internal called by the handlers below. */
   onUpstreamError(ex: Exchange, err: NodeJS.ErrnoException): void {
     const up = ex.upstream;
-    if ((up as { res?: IncomingMessage } | undefined)?.res?.complete === true) {
+    const answered = (up as { res?: IncomingMessage & { upgrade?: boolean } } | undefined)?.res;
+    if (answered?.complete === true && answered.upgrade !== true) {
       // The answer arrived in full; only the rest of the upload failed (a backend that answers
-      // 413 and resets). The client gets that answer, the backend is not blamed.
+      // 413 and resets). The client gets that answer, the backend is not blamed. (Not a 101
+      // with Upgrade: Node counts it complete, and never gives it to the engine; see
+      // onSocketClose in upstream-agent.ts.)
       if (up !== undefined && !ex.req.complete) {
         ex.req.unpipe(up);
         ex.req.resume();
@@ -440,6 +443,13 @@ export class ProxyEngine {
       pres.resume();
       return;
     }
+    if (pres.statusCode === 101) {
+      // Switching protocols, with no Upgrade field (with one, see onSocketClose in
+      // upstream-agent.ts), on a request that asked for no upgrade: not an answer to relay.
+      up.destroy();
+      this.onUpstreamError(ex, Object.assign(new Error('the backend answered 101 Switching Protocols to a request that asked for no upgrade'), { code: 'HPE_UNEXPECTED_UPGRADE' }));
+      return;
+    }
     const res = ex.res;
     const backend = ex.backend;
     const now = performance.now();
@@ -492,6 +502,7 @@ export class ProxyEngine {
     }
     // This answer goes to the client: the request will not be sent again.
     ex.replay = undefined;
+    let trailers = rawHeader(pres.rawHeaders, 'trailer') !== undefined;
     try {
       let headers = buildResponseHeaders(pres.rawHeaders, ex.requestId, pres.httpVersion);
       if (tx !== undefined && !tx.quiet) {
@@ -505,15 +516,25 @@ export class ProxyEngine {
         const cookie = this.lb.stickyCookie(route.pool, ex.req, backend);
         if (cookie !== undefined) headers.push('set-cookie', cookie);
       }
-      // HTTP/2 has no reason phrase (Node warns if one is given), and stricter header rules.
-      if (ex.req.httpVersionMajor === 2) res.writeHead(pres.statusCode ?? 502, forHttp2(headers));
-      else res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
+      try {
+        writeResponseHead(ex, pres, headers);
+      } catch (err) {
+        // A Trailer field on a response that cannot carry trailers to this client (an HTTP/1.0
+        // client, HEAD, 204, 304, a Content-Length body): Node refuses it. The backend did
+        // nothing wrong; the response goes without its trailers, as nginx sends it.
+        if ((err as NodeJS.ErrnoException).code !== 'ERR_HTTP_TRAILER_INVALID') throw err;
+        resetResponseHead(res);
+        headers = withoutField(headers, 'trailer');
+        trailers = false;
+        writeResponseHead(ex, pres, headers);
+      }
       if (this.accessLog?.wantsResponseHeaders === true) ex.responseHeaders = headers;
     } catch (err) {
       // Node refuses a header the backend sent (e.g. an invalid character): that is a bad response.
       const e = err as NodeJS.ErrnoException;
-      // writeHead may have set some headers before it threw: none of them may reach the error answer.
-      for (const name of res.getHeaderNames()) res.removeHeader(name);
+      // writeHead may have set some headers and the status line before it threw: none of them
+      // may reach the error answer.
+      resetResponseHead(res);
       up.destroy();
       // Refused only because the client speaks HTTP/2: the backend did nothing wrong.
       const h2 = ex.req.httpVersionMajor === 2 && e.code?.startsWith('ERR_HTTP2') === true;
@@ -524,7 +545,7 @@ export class ProxyEngine {
     pres.on('error', onUpstreamBodyError);
     if (tx?.storing === true) tx.capture(pres);
     // Announced trailers (gRPC-web status, checksums) are copied after the body.
-    relay(ex, pres, rawHeader(pres.rawHeaders, 'trailer') !== undefined);
+    relay(ex, pres, trailers);
   }
 
   /**
@@ -760,6 +781,26 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
  * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
  * Nothing is written once the client connection closed; onClientClose cancels the upstream.
  */
+/** Writes the backend's status and the response headers to the client. */
+function writeResponseHead(ex: Exchange, pres: IncomingMessage, headers: string[]): void {
+  // HTTP/2 has no reason phrase (Node warns if one is given), and stricter header rules.
+  if (ex.req.httpVersionMajor === 2) ex.res.writeHead(pres.statusCode ?? 502, forHttp2(headers));
+  else ex.res.writeHead(pres.statusCode ?? 502, pres.statusMessage, headers);
+}
+
+/** Undoes a writeHead that threw: the headers it set, and the reason phrase (a later writeHead keeps one already set). */
+function resetResponseHead(res: ServerResponse): void {
+  for (const name of res.getHeaderNames()) res.removeHeader(name);
+  res.statusMessage = '';
+}
+
+/** A flat [name, value, ...] list without the named field (lower-case name). */
+function withoutField(headers: string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) if (headers[i]!.toLowerCase() !== name) out.push(headers[i]!, headers[i + 1]!);
+  return out;
+}
+
 function relay(ex: Exchange, pres: IncomingMessage, trailers: boolean): void {
   ex.body = pres;
   ex.bodyTrailers = trailers;

@@ -47,8 +47,8 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
    * sends an event per write, and each would otherwise cost a readlink on the main thread.
    */
   private watch: DirectoryWatch | undefined;
-  private readonly debounce = new Debounce(() => void this.reloadFromFile('file change'), DEBOUNCE_MS, MAX_WAIT_MS);
-  private readonly onSighup = (): void => void this.reloadFromFile('SIGHUP');
+  private readonly debounce = new Debounce(() => this.reloadInBackground('file change'), DEBOUNCE_MS, MAX_WAIT_MS);
+  private readonly onSighup = (): void => this.reloadInBackground('SIGHUP');
 
   constructor(
     private readonly store: ConfigStore,
@@ -76,20 +76,38 @@ export class ReloadService implements OnApplicationBootstrap, OnApplicationShutd
     this.watch?.close();
   }
 
-  /** Reads the config file again and applies it. */
+  /**
+   * Reads the config file again and applies it. Never rejects: whatever goes wrong is a refused
+   * reload (logged, counted, the running config kept), because SIGHUP and the file watcher
+   * call this with nobody to hand an error to.
+   */
   async reloadFromFile(trigger: string): Promise<ReloadResult> {
     const file = this.store.file;
     if (file === undefined) return this.fail(trigger, ['this instance was started without a config file']);
-    // After a burst of changes (or a SIGHUP after links were swapped), the chain as it now is.
-    this.watch?.refresh();
     let next: ProxymityConfig;
     try {
+      // After a burst of changes (or a SIGHUP after links were swapped), the chain as it now is.
+      this.watch?.refresh();
       next = loadConfigFile(file);
     } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      return this.fail(trigger, err.message.split('\n'));
+      if (err instanceof ConfigError) return this.fail(trigger, err.message.split('\n'));
+      // The loader turns every problem with the file into a ConfigError, so this is a bug in
+      // it; name the file and keep the stack, but still keep the running config.
+      this.logger.error(`config reload (${trigger}): unexpected error reading ${file}: ${(err as Error).stack ?? String(err)}`);
+      return this.fail(trigger, [`${file}: ${(err as Error).message ?? String(err)}`]);
     }
     return this.apply(next, trigger);
+  }
+
+  /**
+   * For the triggers with nobody to answer (the file watcher, SIGHUP). reloadFromFile does not
+   * reject; this catch is the last guard, because a rejection here would be unhandled, and
+   * cli.ts ends the process on one (exit 70): a bad file on disk must never stop the proxy.
+   */
+  private reloadInBackground(trigger: string): void {
+    this.reloadFromFile(trigger).catch((err: unknown) => {
+      this.logger.error(`config reload (${trigger}) failed, keeping version ${this.store.version}: ${(err as Error).stack ?? String(err)}`);
+    });
   }
 
   /** Applies a validated config. Never throws for a bad config: it is refused and counted. */

@@ -49,6 +49,10 @@ const CASES: Case[] = [
   { fault: 'hang', expect: 504, ejected: false },
   { fault: 'hang-mid-body', path: '/drip/3/700', expect: 'cut', ejected: false },
   { fault: 'garbage', expect: 502, ejected: true },
+  // A 101 to a request that asked for no upgrade: Node's client hands such a socket only to an
+  // 'upgrade' listener and otherwise closes it, telling the request nothing but 'close'.
+  { fault: 'switch-protocols', expect: 502, ejected: true },
+  { fault: 'switch-no-upgrade', expect: 502, ejected: true },
   { fault: 'slow', path: '/delay/150', expect: 200, ejected: false },
   { fault: 'close-after-response', expect: 200, ejected: false },
 ];

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { beforeEach, describe, it } from 'node:test';
+import { BackendRegistry } from '../../src/backend/index.js';
 import { closeAll, startBackends } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
 import { proxyFixture, startProxy } from '../helpers/proxy.js';
@@ -126,6 +127,18 @@ describe('framing and smuggling defences', () => {
       }).on('error', reject);
     });
     assert.equal(trailers['x-checksum'], 'abc123');
+  });
+
+  it('sends a response with announced trailers to an HTTP/1.0 client without them, and does not blame the backend', async () => {
+    // HTTP/1.0 has no chunked coding, so no trailers; Node refuses a Trailer field there.
+    for (let i = 0; i < 3; i++) {
+      const answer = await raw(fx.sut.port, 'GET /trailers HTTP/1.0\r\nHost: x\r\n\r\n');
+      assert.match(answer, /^HTTP\/1\.1 200 OK\r\n/);
+      const head = answer.slice(0, answer.indexOf('\r\n\r\n')).toLowerCase();
+      assert.doesNotMatch(head, /\r\ntrailer:/, 'no Trailer field the response cannot honour');
+      assert.equal(answer.slice(answer.indexOf('\r\n\r\n') + 4), 'part one, part two', 'the body, close-delimited, without trailers');
+    }
+    assert.equal(fx.sut.app.get(BackendRegistry).all[0]!.healthy, true, 'not a backend failure');
   });
 
   it('forwards request trailers', async () => {

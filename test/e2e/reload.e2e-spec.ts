@@ -4,7 +4,7 @@
  * sending requests. Not one request may fail, and traffic must follow each new config.
  */
 import assert from 'node:assert/strict';
-import { linkSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, linkSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +16,7 @@ import { closeAll, startBackends, type DummyBackend } from '../fixtures/backend-
 import { request } from '../helpers/http-client.js';
 import { delta, sample, scrape } from '../helpers/metrics.js';
 import { pollUntil } from '../helpers/poll-until.js';
+import { listenUrl, MAIN, spawnNode } from '../helpers/processes.js';
 
 const TOKEN = 'reload-test-admin-token';
 
@@ -308,6 +309,67 @@ describe('config file watch', () => {
       await pollUntil(backendOf, (b) => b === 'b1', { timeoutMs: 5000, what: 'a write in the new directory applied' });
     } finally {
       await sut.close();
+      await closeAll(backends);
+    }
+  });
+});
+
+// Regression (chaos test): `x: *nope` appended to the config of a running proxy made toJS()
+// throw a plain ReferenceError; SIGHUP and the watcher left the rejection unhandled, and cli.ts
+// ended the process with exit 70. The admin endpoint answered 500. Real: the built CLI as a
+// process, its signals, file watch, admin listener and a backend.
+describe('regression: a YAML alias error on reload crashed the proxy (exit 70)', () => {
+  it('refuses an unresolved alias on SIGHUP, the watcher and POST /config/reload, names it, and keeps serving the running config', async () => {
+    const backends = await startBackends(1);
+    const file = join(mkdtempSync(join(tmpdir(), 'proxymity-alias-')), 'proxymity.yaml');
+    const text = configText(backends, [{ name: 'b1' }]);
+    writeFileSync(file, text);
+    const proc = spawnNode(MAIN, ['--config', file, '--log-format', 'json']);
+    try {
+      await pollUntil(() => listenUrl(proc.stdout()), (u) => u !== undefined, { timeoutMs: 15_000, what: `proxy start (stderr: ${proc.stderr()})` });
+      const url = listenUrl(proc.stdout()) as string;
+      const admin = listenUrl(proc.stdout(), 'admin on ') as string;
+      const auth = { authorization: `Bearer ${TOKEN}` };
+      const runningVersion = (await request(`${admin}/config`, { headers: auth })).json().version as string;
+      const refusals = () =>
+        proc
+          .stdout()
+          .split('\n')
+          .filter((l) => l.startsWith('{'))
+          .map((l) => JSON.parse(l) as { level: number; msg: string })
+          .filter((e) => e.level === 50 && e.msg.startsWith('config reload ('));
+
+      // The broken line, after the last line of the working config; the alias is at column 4.
+      appendFileSync(file, 'x: *nope\n');
+      const problem = `${file}:${text.split('\n').length}:4  x: YAML: alias *nope has no anchor &nope before it`;
+      proc.child.kill('SIGHUP');
+      const state = () => ({ exit: proc.child.exitCode, refused: refusals() });
+      const after = await pollUntil(state, (x) => x.exit !== null || x.refused.some((e) => e.msg.startsWith('config reload (SIGHUP) refused')), { timeoutMs: 5000, what: 'the SIGHUP reload refused' });
+      assert.equal(after.exit, null, `the proxy exited with ${after.exit} on SIGHUP:\n${proc.stdout()}${proc.stderr()}`);
+      const sighup = after.refused.find((e) => e.msg.startsWith('config reload (SIGHUP) refused'))!;
+      assert.equal(sighup.msg, `config reload (SIGHUP) refused, keeping version ${runningVersion}:\nInvalid ${file} (1 problem):\n  ${problem}`);
+      // The watcher saw the append too; it is refused the same way.
+      await pollUntil(refusals, (r) => r.some((e) => e.msg.startsWith('config reload (file change) refused')), { timeoutMs: 5000, what: 'the file-change reload refused' });
+
+      const res = await request(`${admin}/config/reload`, { method: 'POST', headers: auth });
+      assert.equal(res.status, 422, res.body);
+      assert.equal(res.json().result, 'failure');
+      assert.ok(res.json().details.includes(`  ${problem}`), res.body);
+
+      // An alias bomb: refused with the limit named, by the endpoint and by the watcher.
+      writeFileSync(file, `${text}a: &a [x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n`);
+      const bomb = await request(`${admin}/config/reload`, { method: 'POST', headers: auth });
+      assert.equal(bomb.status, 422, bomb.body);
+      assert.match(bomb.body, /YAML: aliases expand too far: more than 100 copies of an anchored value/);
+
+      assert.equal(proc.child.exitCode, null, `the proxy exited: ${proc.stdout()}`);
+      assert.equal((await request(`${admin}/config`, { headers: auth })).json().version, runningVersion);
+      const served = await request(`${url}/still-serving`);
+      assert.equal(served.status, 200);
+      assert.equal(served.json().backend, 'b1');
+    } finally {
+      proc.child.kill('SIGKILL');
+      await proc.exited;
       await closeAll(backends);
     }
   });

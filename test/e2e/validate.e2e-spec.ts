@@ -50,6 +50,18 @@ describe('proxymity validate', () => {
     assert.equal(proc.stdout(), '');
   });
 
+  // Regression: a YAML alias error made validate exit 70 with a stack trace.
+  it('exits 1 naming file:line:column for an alias with no anchor, and the limit for an alias bomb', async () => {
+    const file = writeTempConfig(`${running}x: *nope\n`);
+    const proc = spawnNode(MAIN, ['validate', '--config', file]);
+    assert.equal((await proc.exited).code, 1, proc.stderr());
+    assert.equal(proc.stderr(), `Invalid ${file} (1 problem):\n  ${file}:${running.split('\n').length}:4  x: YAML: alias *nope has no anchor &nope before it\n`);
+    const bomb = spawnNode(MAIN, ['validate', '--config', writeTempConfig(`${running}a: &a [x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n`)]);
+    assert.equal((await bomb.exited).code, 1, bomb.stderr());
+    assert.match(bomb.stderr(), /^Invalid \S+ \(1 problem\):\n {2}\S+config\.yaml {2}YAML: aliases expand too far: more than 100 copies of an anchored value/);
+    assert.equal(proc.stdout() + bomb.stdout(), '');
+  });
+
   it('--diff shows what would change against the running instance', async () => {
     const next = running
       .replace('      - {name: a2, url: "http://127.0.0.1:9002"}\n', '      - {name: a2, url: "http://127.0.0.1:9002", weight: 3}\n      - {name: a3, url: "http://127.0.0.1:9004"}\n')
