@@ -187,6 +187,24 @@ describe('invalid upstream framing and oversized headers', () => {
     }
   });
 
+  it('answers 502 Bad Gateway, with its own reason phrase, for a status line or header Node refuses to send on', async () => {
+    // Node's parser accepts a DEL in the reason phrase and a bad header value that writeHead then refuses.
+    const answers = ['HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nok', 'HTTP/1.1 304 Not Modified\r\nX-Bad: a\x7fb\r\n\r\n'];
+    for (const answer of answers) {
+      const evil = net.createServer((s) => s.on('data', () => s.end(answer, 'latin1')));
+      await new Promise<void>((r) => evil.listen(0, '127.0.0.1', r));
+      const sut = await startProxy([`http://127.0.0.1:${(evil.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+      try {
+        const got = await raw(sut.port, 'GET /reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+        assert.match(got, /^HTTP\/1\.1 502 Bad Gateway\r\n/, JSON.stringify(answer));
+        assert.match(got, /proxy-status: proxymity; error=http_protocol_error/);
+      } finally {
+        await sut.close();
+        evil.close();
+      }
+    }
+  });
+
   it('answers 431 above proxy.maxHeaderSize and serves headers below it', async () => {
     const backends = await startBackends(1);
     const sut = await startProxy(backends, 'healthCheck: {interval: 1h}', '  maxHeaderSize: 4KiB');
