@@ -34,12 +34,16 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
     server.removeAllListeners('request');
     const proxy = this.proxy;
     const logger = this.logger;
-    server.on('request', function proxymityRequest(req: IncomingMessage, res: ServerResponse) {
+    const serve = (req: IncomingMessage, res: ServerResponse): void => {
       try {
         if (!proxy.handle(req, res)) proxy.serveOwn(req, res, express);
       } catch (err) {
         answerInternalError(req, res, err, logger);
       }
+    };
+    server.on('request', function proxymityRequest(req: IncomingMessage, res: ServerResponse) {
+      if (res.socket === null) whenAtHead(req, res, serve);
+      else serve(req, res);
     });
 
     // Upgrade requests (WebSocket) never reach Express: the server emits `upgrade` instead.
@@ -55,7 +59,39 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
 
     applyClientTimeouts(server, this.cfg.proxy);
     server.on('clientError', answerClientError);
+    server.on('connect', refuseConnect);
   }
+}
+
+/**
+ * A pipelined HTTP/1.1 request (sent before the answer to the one ahead of it on the
+ * connection): Node parses every request in a read at once and hands each over, and its answer
+ * waits in line for a socket. Forwarded at once, one connection could hold a thousand upstream
+ * requests (and backend connections) in flight, starving every other client. As nginx and
+ * HAProxy do, a connection's requests are forwarded one at a time: this one when its answer's
+ * turn comes (Node gives it the socket). Its body, if any, waits unread meanwhile (Node stops
+ * reading the connection once the request's buffer is full). A connection that closes first
+ * takes the request with it, never forwarded.
+ */
+export function whenAtHead(req: IncomingMessage, res: ServerResponse, serve: (req: IncomingMessage, res: ServerResponse) => void): void {
+  res.once('socket', () => serve(req, res));
+}
+
+/**
+ * CONNECT on a proxy listener (Node hands it to the 'connect' event, and with no listener closes
+ * the connection without a word): 405, as for CONNECT over HTTP/2. A reverse proxy opens no tunnels.
+ */
+export function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
+  socket.on('error', () => undefined);
+  const body = '405 Method Not Allowed: CONNECT is not served (a reverse proxy opens no tunnels)\n';
+  const hsts = hstsOfSocket(socket);
+  socket.end(
+    `HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n` +
+      `${hsts !== undefined ? `strict-transport-security: ${hsts}\r\n` : ''}connection: close\r\n\r\n${body}`,
+  );
+  const grace = setTimeout(destroySocket, CLOSE_GRACE_MS, socket);
+  grace.unref();
+  socket.once('close', () => clearTimeout(grace));
 }
 
 /**

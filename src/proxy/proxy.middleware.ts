@@ -80,6 +80,12 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
   handle(req: IncomingMessage, res: ServerResponse): boolean {
     const url = req.url as string;
     const requestId = this.prepare(req);
+    // "HTTP/2.0" in an HTTP/1 request line (Node's parser takes it): not a real HTTP/2 stream.
+    if (req.httpVersionMajor > 1 && (req as { stream?: unknown }).stream === undefined) {
+      res.shouldKeepAlive = false;
+      this.engine.reject(req, res, 'http_version_not_supported', requestId);
+      return true;
+    }
     if (this.isOwnPath(url)) return false;
     if (url.length > this.maxUrlLength) {
       this.engine.reject(req, res, 'uri_too_long', requestId);

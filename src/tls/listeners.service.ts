@@ -24,13 +24,16 @@ import { Debounce, DirectoryWatch } from '../config/file-watch.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
-import { answerClientError, applyClientTimeouts, type ClientTimeoutTarget } from '../proxy/proxy-server.binding.js';
+import { answerClientError, applyClientTimeouts, type ClientTimeoutTarget, refuseConnect, whenAtHead } from '../proxy/proxy-server.binding.js';
 import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
 import { answerInternalError } from '../proxy/proxy-errors.js';
 import { CertificateSet, loadCertificate } from './certificate-store.js';
 import { kHsts, type HstsServer } from '../proxy/hsts.js';
 
 type ListenerConfig = ProxymityConfig['listeners'][number];
+
+/** Streams one HTTP/2 connection may have open at once (announced in its SETTINGS). */
+export const HTTP2_MAX_CONCURRENT_STREAMS = 128;
 
 /** A listener that cannot start (bad certificate or key, port in use); main.ts prints its message. */
 export class ListenerError extends Error {}
@@ -72,14 +75,19 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
     const express = this.adapterHost.httpAdapter.getInstance() as (req: IncomingMessage, res: ServerResponse) => void;
     const proxy = this.proxy;
     const logger = this.logger;
-    const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const serve = (req: IncomingMessage, res: ServerResponse): void => {
       try {
-        if (req.httpVersionMajor === 2) fromHttp2(req);
+        if (req.httpVersionMajor === 2 && (req as { stream?: unknown }).stream !== undefined) fromHttp2(req);
         // The proxy's own endpoint (health) answers on the raw request, over HTTP/1.1 and HTTP/2.
         if (!proxy.handle(req, res)) proxy.serveOwn(req, res, express);
       } catch (err) {
         answerInternalError(req, res, err, logger);
       }
+    };
+    // HTTP/1.1 requests pipelined on a connection are forwarded one at a time (see whenAtHead).
+    const handle = (req: IncomingMessage, res: ServerResponse): void => {
+      if (res.socket === null) whenAtHead(req, res, serve);
+      else serve(req, res);
     };
     for (const l of this.cfg.listeners) {
       const name = l.name ?? `${l.protocol}-${l.port}`;
@@ -99,7 +107,9 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
           ...certs.fallback.options,
           SNICallback: (servername: string, cb: (err: Error | null, ctx?: import('node:tls').SecureContext) => void) => cb(null, (run.certs as CertificateSet).select(servername).context),
         };
-        run.server = l.http2 ? http2.createSecureServer({ ...options, allowHTTP1: true }, handle as never) : https.createServer(options, handle);
+        // At most 128 streams at once per HTTP/2 connection (nginx's http2_max_concurrent_streams
+        // default; Node's own is 2^32-1): one connection must not take the whole backend pool.
+        run.server = l.http2 ? http2.createSecureServer({ ...options, allowHTTP1: true, settings: { maxConcurrentStreams: HTTP2_MAX_CONCURRENT_STREAMS } }, handle as never) : https.createServer(options, handle);
         if (l.hsts !== undefined) (run.server as HstsServer)[kHsts] = l.hsts;
         // WebSocket over TLS (an HTTP/1.1 upgrade).
         run.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -136,6 +146,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
       (server as { maxHeaderSize?: number }).maxHeaderSize = p.maxHeaderSize;
       // A request Node cannot parse gets the same answer as on the main listener (HSTS included).
       server.on('clientError', answerClientError);
+      server.on('connect', refuseConnect);
       await new Promise<void>((resolveListen, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(new ListenerError(`cannot listen on ${name} ${l.host}:${l.port}: ${err.code ?? ''} (${err.message})`)));
         server.listen(l.port, l.host, () => resolveListen());

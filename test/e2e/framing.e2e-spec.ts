@@ -170,6 +170,49 @@ describe('trusted proxies', () => {
   });
 });
 
+describe('what one connection may ask for', () => {
+  it('forwards pipelined requests one at a time, and answers them in order', async () => {
+    let open = 0;
+    let most = 0;
+    const origin = http.createServer((req, res) => {
+      open++;
+      most = Math.max(most, open);
+      setTimeout(() => {
+        open--;
+        res.end(req.url);
+      }, 30);
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+    try {
+      const requests = Array.from({ length: 8 }, (_, i) => `GET /p${i} HTTP/1.1\r\nHost: x\r\n${i === 7 ? 'Connection: close\r\n' : ''}\r\n`).join('');
+      const answer = await raw(sut.port, requests);
+      assert.equal(statusLines(answer).length, 8);
+      assert.deepEqual(answer.match(/\/p\d/g), ['/p0', '/p1', '/p2', '/p3', '/p4', '/p5', '/p6', '/p7']);
+      assert.equal(most, 1, 'one request of the connection at the backend at a time');
+    } finally {
+      await sut.close();
+      origin.close();
+    }
+  });
+
+  it('answers 505 to an HTTP/2.0 request line on an HTTP/1 connection, and 405 to CONNECT', async () => {
+    const backends = await startBackends(1);
+    const sut = await startProxy(backends, 'healthCheck: {enabled: false}');
+    try {
+      const v2 = await raw(sut.port, 'GET /v2 HTTP/2.0\r\nHost: x\r\n\r\n');
+      assert.match(v2, /^HTTP\/1\.1 505 HTTP Version Not Supported\r\n/);
+      assert.match(v2, /proxy-status: proxymity; error=http_version_not_supported/);
+      const connect = await raw(sut.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+      assert.match(connect, /^HTTP\/1\.1 405 Method Not Allowed\r\n/);
+      assert.deepEqual(backends[0].seen, []);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
+  });
+});
+
 describe('invalid upstream framing and oversized headers', () => {
   it('answers 502 when a backend answers with both Content-Length and Transfer-Encoding', async () => {
     const evil = net.createServer((s) => {

@@ -198,6 +198,8 @@ listeners:
       assert.equal(echo.path, '/h2?x=1');
       assert.equal(echo.headers.host, `a.test:${port}`);
       assert.ok(!Object.keys(echo.headers).some((k) => k.startsWith(':')), 'no pseudo-header upstream');
+      // At most 128 streams at once per connection (Node's own default is 2^32-1).
+      assert.equal(client.remoteSettings.maxConcurrentStreams, 128);
     } finally {
       client.close();
     }
