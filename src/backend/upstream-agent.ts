@@ -342,6 +342,23 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
       if (left === 0) this.stopSweeping();
     }
 
+    /**
+     * Closes every pooled socket now, out of the pool at once (as sweepIdle does), so that the
+     * next request opens a new connection: used when a pooled connection turned out closed by
+     * the backend as it was reused, which its other idle ones likely are too.
+     */
+    dropIdle(): void {
+      const pools = this.freeSockets as Record<string, PooledSocket[] | undefined>;
+      for (const name in pools) {
+        for (const s of pools[name] ?? []) {
+          s.pooled = false;
+          s.destroy();
+        }
+        delete pools[name];
+      }
+      this.stopSweeping();
+    }
+
     stopSweeping(): void {
       if (this.sweeper !== undefined) clearInterval(this.sweeper);
       this.sweeper = undefined;

@@ -397,6 +397,8 @@ export class ProxyEngine {
       ex.staleRetried = true;
       ex.attempts--;
       this.metrics?.recordRetry('stale_connection');
+      // Fresh, not another pooled connection: those idle as long are likely closed too.
+      (failed.agent as { dropIdle?: () => void }).dropIdle?.();
       return failed;
     }
     const policy = ex.route.retry;

@@ -3,6 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import type { RunningProxymity } from '../../src/proxymity.js';
 import { closeAll, type DummyBackend, startBackends } from '../fixtures/backend-server.js';
@@ -117,5 +118,37 @@ describe('retry policy', () => {
     const statuses: number[] = [];
     for (let i = 0; i < 4; i++) statuses.push((await request(`${sut.url}/post${i}`, { method: 'POST', body: randomBytes(1024) })).status);
     assert.deepEqual(statuses.sort(), [200, 200, 502, 502]);
+  });
+});
+
+describe('a pooled connection the backend closed as it was reused', () => {
+  it('replays an idempotent request on a new connection, not on another pooled one', async () => {
+    // Answers the first request on each connection (the first two after 50 ms, so both
+    // connections are open at once) and drops the connection on any later one: every pooled
+    // connection is stale.
+    let connections = 0;
+    const origin = net.createServer((socket) => {
+      connections++;
+      let served = 0;
+      socket.on('error', () => undefined);
+      socket.on('data', () => {
+        if (served++ > 0) return void socket.destroy();
+        const delay = connections <= 2 ? 50 : 0;
+        setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=60\r\n\r\nok'), delay);
+      });
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}\nretry: {attempts: 1}');
+    try {
+      const warm = await Promise.all([request(`${sut.url}/a`), request(`${sut.url}/b`)]);
+      assert.deepEqual(warm.map((r) => r.status), [200, 200]);
+      assert.equal(connections, 2);
+      const replayed = await request(`${sut.url}/c`);
+      assert.equal(replayed.status, 200, 'replayed on a new connection');
+      assert.equal(connections, 3);
+    } finally {
+      await sut.close();
+      origin.close();
+    }
   });
 });
