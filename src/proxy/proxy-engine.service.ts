@@ -548,6 +548,11 @@ export class ProxyEngine {
     if (tx?.storing === true) tx.capture(pres);
     // Announced trailers (gRPC-web status, checksums) are copied after the body.
     relay(ex, pres, trailers);
+    // Node sends the headers with the first body byte. A body without a length (a stream: server-
+    // sent events, chunked long polls) may not start for a while: its headers go out on the next
+    // tick if no body byte has come with them. A body with a length comes at once, in the same
+    // write (no extra write, and no tick, for the common answer).
+    if (ex.req.httpVersionMajor === 1 && !res.writableEnded && rawHeader(pres.rawHeaders, 'content-length') === undefined) process.nextTick(flushHead, ex);
   }
 
   /**
@@ -783,6 +788,12 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
  * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
  * Nothing is written once the client connection closed; onClientClose cancels the upstream.
  */
+/** Sends the response headers now if no body byte has taken them out yet (see onUpstreamResponse). */
+function flushHead(ex: Exchange): void {
+  const res = ex.res as ServerResponse & { _headerSent?: boolean };
+  if (!ex.closed && res._headerSent !== true && !res.writableEnded) res.flushHeaders();
+}
+
 /** Writes the backend's status and the response headers to the client. */
 function writeResponseHead(ex: Exchange, pres: IncomingMessage, headers: string[]): void {
   // HTTP/2 has no reason phrase (Node warns if one is given), and stricter header rules.

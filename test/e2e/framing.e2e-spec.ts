@@ -213,6 +213,33 @@ describe('what one connection may ask for', () => {
   });
 });
 
+describe('a stream without a length (server-sent events)', () => {
+  it('sends the response headers before the first body byte comes', { timeout: 10_000 }, async () => {
+    let release: (() => void) | undefined;
+    const origin = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.flushHeaders(); // the headers now, the first event when the test says
+      release = () => res.end('data: one\n\n');
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+    try {
+      // Resolves only once the headers reached the client: with them held back until the first
+      // body byte, it never would (the backend sends none until then) and the test times out.
+      const res = await new Promise<http.IncomingMessage>((resolve, reject) => http.get(`${sut.url}/events`, { agent: false }, resolve).on('error', reject));
+      assert.equal(res.statusCode, 200);
+      assert.equal(res.headers['content-type'], 'text/event-stream');
+      release?.();
+      let body = '';
+      for await (const chunk of res) body += chunk;
+      assert.equal(body, 'data: one\n\n');
+    } finally {
+      await sut.close();
+      origin.close();
+    }
+  });
+});
+
 describe('invalid upstream framing and oversized headers', () => {
   it('answers 502 when a backend answers with both Content-Length and Transfer-Encoding', async () => {
     const evil = net.createServer((s) => {
