@@ -45,6 +45,7 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
       if (res.socket === null) whenAtHead(req, res, serve);
       else serve(req, res);
     });
+    server.on('checkContinue', continueAfter(serve));
 
     // Upgrade requests (WebSocket) never reach Express: the server emits `upgrade` instead.
     const upgrades = this.upgrades;
@@ -75,6 +76,23 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
  */
 export function whenAtHead(req: IncomingMessage, res: ServerResponse, serve: (req: IncomingMessage, res: ServerResponse) => void): void {
   res.once('socket', () => serve(req, res));
+}
+
+/**
+ * `Expect: 100-continue` (Node hands such a request to 'checkContinue' when a listener is set,
+ * and otherwise answers 100 before anything looks at it): the request is looked at first, so a
+ * body it would refuse (over maxBodySize: 413; no route: 404; rate limited: 429) is refused
+ * before the client sends it, as nginx does; a request that goes on gets its 100 Continue.
+ */
+export function continueAfter(serve: (req: IncomingMessage, res: ServerResponse) => void): (req: IncomingMessage, res: ServerResponse) => void {
+  const go = (req: IncomingMessage, res: ServerResponse): void => {
+    serve(req, res);
+    if (!res.headersSent && !res.writableEnded) res.writeContinue();
+  };
+  return function proxymityContinue(req: IncomingMessage, res: ServerResponse) {
+    if (res.socket === null) whenAtHead(req, res, go);
+    else go(req, res);
+  };
 }
 
 /**

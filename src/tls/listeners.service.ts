@@ -24,7 +24,7 @@ import { Debounce, DirectoryWatch } from '../config/file-watch.js';
 import type { ProxymityConfig } from '../config/config.schema.js';
 import { MetricsService } from '../metrics/metrics.service.js';
 import { ProxyMiddleware } from '../proxy/proxy.middleware.js';
-import { answerClientError, applyClientTimeouts, type ClientTimeoutTarget, refuseConnect, whenAtHead } from '../proxy/proxy-server.binding.js';
+import { answerClientError, applyClientTimeouts, type ClientTimeoutTarget, continueAfter, refuseConnect, whenAtHead } from '../proxy/proxy-server.binding.js';
 import { UpgradeProxy } from '../proxy/upgrade-proxy.service.js';
 import { answerInternalError } from '../proxy/proxy-errors.js';
 import { CertificateSet, loadCertificate } from './certificate-store.js';
@@ -147,6 +147,7 @@ export class ListenersService implements OnApplicationBootstrap, BeforeApplicati
       // A request Node cannot parse gets the same answer as on the main listener (HSTS included).
       server.on('clientError', answerClientError);
       server.on('connect', refuseConnect);
+      if (certs !== undefined) server.on('checkContinue', continueAfter(serve));
       await new Promise<void>((resolveListen, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(new ListenerError(`cannot listen on ${name} ${l.host}:${l.port}: ${err.code ?? ''} (${err.message})`)));
         server.listen(l.port, l.host, () => resolveListen());

@@ -118,6 +118,13 @@ describe('framing and smuggling defences', () => {
     assert.match(answer, /"bodyBytes":5/);
   });
 
+  it('answers Expect: 100-continue with 413 and no 100 when the announced body is over maxBodySize', async () => {
+    const answer = await raw(fx.sut.port, 'PUT /expect-big HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n');
+    assert.match(answer, /^HTTP\/1\.1 413 /, 'refused before the client sends the body');
+    assert.doesNotMatch(answer, /100 Continue/);
+    assert.deepEqual(fx.backends[0].seen, []);
+  });
+
   it('forwards response trailers', async () => {
     const trailers = await new Promise<NodeJS.Dict<string>>((resolve, reject) => {
       http.get(`${fx.sut.url}/trailers`, { agent: false, headers: { te: 'trailers' } }, (res) => {
