@@ -34,7 +34,8 @@ export class AdminTokenGuard implements CanActivate {
     const expected = this.token;
     if (expected === undefined) return true;
     const header = authorization ?? '';
-    const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7).trim() : '');
+    // The scheme name is case-insensitive (RFC 9110 §11.1): "bearer" and "BEARER" count too.
+    const given = Buffer.from(/^bearer /i.test(header) ? header.slice(7).trim() : '');
     return given.length === expected.length && timingSafeEqual(given, expected);
   }
 }

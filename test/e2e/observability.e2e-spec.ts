@@ -171,6 +171,7 @@ describe('admin token', () => {
     assert.equal((await request(`${fx.sut.adminUrl}/metrics`)).status, 401);
     assert.equal((await request(`${fx.sut.adminUrl}/backends`, { headers: { authorization: 'Bearer wrong-token-of-some-length' } })).status, 401);
     assert.equal((await request(`${fx.sut.adminUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+    assert.equal((await request(`${fx.sut.adminUrl}/metrics`, { headers: { authorization: `bearer ${token}` } })).status, 200, 'the scheme is case-insensitive');
     assert.equal((await request(`${fx.sut.adminUrl}/health`)).status, 200);
     const cfg = (await request(`${fx.sut.adminUrl}/config`, { headers: { authorization: `Bearer ${token}` } })).json();
     assert.equal(cfg.config.admin.token, '[REDACTED]');
