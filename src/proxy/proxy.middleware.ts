@@ -86,6 +86,11 @@ export class ProxyMiddleware implements NestMiddleware<IncomingMessage, ServerRe
       this.engine.reject(req, res, 'http_version_not_supported', requestId);
       return true;
     }
+    if (req.httpVersionMajor === 1 && !oneValidHost(req)) {
+      res.shouldKeepAlive = false;
+      this.engine.reject(req, res, 'invalid_host', requestId);
+      return true;
+    }
     if (this.isOwnPath(url)) return false;
     if (url.length > this.maxUrlLength) {
       this.engine.reject(req, res, 'uri_too_long', requestId);
@@ -226,4 +231,22 @@ function toOriginForm(req: IncomingMessage): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * RFC 9112 §3.2: a request with more than one Host field MUST get 400 (Node keeps the first and
+ * drops the rest, so the proxy and a backend reading the raw request could disagree on the
+ * host); RFC 9110 §7.2: Host is a host and an optional port, never userinfo (`user@host`).
+ * Counts the names of length 4 in the raw list: no allocation.
+ */
+function oneValidHost(req: IncomingMessage): boolean {
+  const host = req.headers.host;
+  if (host !== undefined && host.includes('@')) return false;
+  const raw = req.rawHeaders;
+  let seen = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && (name === 'Host' || name === 'host' || name.toLowerCase() === 'host') && ++seen > 1) return false;
+  }
+  return true;
 }

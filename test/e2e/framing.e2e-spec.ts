@@ -203,6 +203,23 @@ describe('what one connection may ask for', () => {
     }
   });
 
+  it('answers 400 to a request with two Host fields or a Host with userinfo, before any backend sees it', async () => {
+    const backends = await startBackends(1);
+    const sut = await startProxy(backends, 'healthCheck: {enabled: false}');
+    try {
+      for (const head of ['Host: a\r\nHost: b', 'Host: user@x:80']) {
+        const answer = await raw(sut.port, `GET /h HTTP/1.1\r\n${head}\r\n\r\n`);
+        assert.match(answer, /^HTTP\/1\.1 400 Bad Request\r\n/, head);
+        assert.match(answer, /proxy-status: proxymity; error=invalid_host/);
+      }
+      assert.deepEqual(backends[0].seen, []);
+      assert.match(await raw(sut.port, 'GET /h HTTP/1.1\r\nHost: a:80\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /);
+    } finally {
+      await sut.close();
+      await closeAll(backends);
+    }
+  });
+
   it('answers 505 to an HTTP/2.0 request line on an HTTP/1 connection, and 405 to CONNECT', async () => {
     const backends = await startBackends(1);
     const sut = await startProxy(backends, 'healthCheck: {enabled: false}');
