@@ -25,6 +25,8 @@ export const PROXY_ERRORS = {
   tls_protocol_error: { status: 502, termination: 'upstream_connect_failure', text: 'the TLS handshake with the backend failed' },
   http_request_error: { status: 400, termination: 'bad_request', text: 'the request target is not valid' },
   uri_too_long: { status: 414, termination: 'uri_too_long', text: 'the request target is longer than the proxy accepts' },
+  /** An Upgrade request with a chunked body: Node hands it over unparsed, and it is not forwarded (not an RFC 9209 type). */
+  upgrade_body_not_supported: { status: 400, termination: 'bad_request', text: 'an Upgrade request may carry a Content-Length body, not a chunked one' },
   /** Two Host fields, or a Host with userinfo (RFC 9112 §3.2, RFC 9110 §7.2; not an RFC 9209 type). */
   invalid_host: { status: 400, termination: 'bad_request', text: 'the request must have exactly one Host field, a host and an optional port' },
   /** An `HTTP/2.0` (or later) request line on an HTTP/1 connection (505; not an RFC 9209 type). */

@@ -9,6 +9,11 @@
  * are tracked (FrameCursor), so that a close frame (1001) can be put between two frames on
  * shutdown or at the end of `websocket.maxLifetime`.
  *
+ * h2c and h2 are never tunnelled (h2c smuggling): they are taken out of the Upgrade list, and a
+ * request left with no token goes to the backend as an ordinary request, whose answer is relayed
+ * before the connection closes. A Content-Length body is forwarded before the handshake's answer;
+ * a chunked one gets 400.
+ *
  * Every socket gets its `error` listener before anything else; every path ends in `finish`,
  * which releases the backend slot and counts and logs the tunnel once.
  */
@@ -75,17 +80,36 @@ export class UpgradeProxy {
   /** The server's `upgrade` listener. Never throws. */
   handle(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', ignore); // before anything else: a reset client must not crash the process
-    const upgrade = req.headers.upgrade as string;
+    // h2c is never tunnelled: after a 101 the client would speak HTTP/2 straight to the backend,
+    // past routing, header rules and rate limits ("h2c smuggling"; RFC 9113 §3.1 deprecates it).
+    const upgrade = withoutH2(req.headers.upgrade as string);
     const requestId = prepareRequestHeaders(req, (req.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', this.policy);
-    // prepareRequestHeaders removes hop-by-hop fields; an upgrade needs these two back.
-    req.headers.connection = 'upgrade';
-    req.headers.upgrade = upgrade;
+    // HTTP2-Settings belongs to the h2c upgrade only; clients do not always list it in Connection.
+    if (req.headers['http2-settings'] !== undefined) delete req.headers['http2-settings'];
+    // prepareRequestHeaders removes hop-by-hop fields; an upgrade needs these two back. With no
+    // token left, the request goes to the backend as an ordinary one (its answer is relayed, then
+    // the connection closes: see Tunnel.onRefused).
+    const plain = upgrade === '';
+    if (!plain) {
+      req.headers.connection = 'upgrade';
+      req.headers.upgrade = upgrade;
+    }
     const target = req.url as string;
-    if (!this.enabled) return this.refuse(req, socket, requestId, 'destination_not_found', 'disabled');
+    if (!this.enabled && !plain) return this.refuse(req, socket, requestId, 'destination_not_found', 'disabled');
     if (this.draining) return this.refuse(req, socket, requestId, 'destination_unavailable', 'no_backend');
     if (target.length > this.maxUrlLength || target.charCodeAt(0) !== 47) return this.refuse(req, socket, requestId, target.length > this.maxUrlLength ? 'uri_too_long' : 'http_request_error', 'error');
+    // Node does not parse the body of a request it hands to `upgrade`: its bytes follow the
+    // headers raw (in `head`, then on the socket). A Content-Length body is counted off and
+    // forwarded (Tunnel); finding the end of a chunked one would take a chunk parser here, so
+    // it is refused rather than forwarded wrong.
+    if (req.headers['transfer-encoding'] !== undefined) {
+      this.logger.warn(`upgrade ${target.slice(0, 200)} -> 400 upgrade_body_not_supported: an Upgrade request with a Transfer-Encoding (chunked) body is not forwarded [request ${requestId}]`);
+      return this.refuse(req, socket, requestId, 'upgrade_body_not_supported', 'error');
+    }
     const route = this.routing.table.match(req);
     if (route === undefined) return this.refuse(req, socket, requestId, 'destination_not_found', 'no_route');
+    const cl = req.headers['content-length'];
+    if (cl !== undefined && route.maxBodySize > 0 && Number(cl) > route.maxBodySize) return this.refuse(req, socket, requestId, 'request_too_large', 'error');
     const limit = route.rateLimit;
     if (limit === undefined) return this.open(req, socket, head, route, requestId, target, undefined);
     let verdict: Verdict | Promise<Verdict>;
@@ -118,10 +142,11 @@ export class UpgradeProxy {
       releaseLimit?.();
       return this.refuse(req, socket, requestId, 'destination_unavailable', 'no_backend');
     }
+    const plain = req.headers.upgrade === undefined; // handle() left no Upgrade token to ask for
     if (route.rewrites) req.url = route.rewrite(target);
     if (route.requestHeaders !== undefined) applyRequestOps(req.headers, route.requestHeaders);
     if (route.hostHeader !== 'client') req.headers.host = route.hostHeader === 'backend' ? backend.url.host : route.hostHeader;
-    const tunnel = new Tunnel(this, req, socket as Socket, head, route, requestId, target);
+    const tunnel = new Tunnel(this, req, socket as Socket, head, route, requestId, target, plain);
     tunnel.releaseLimit = releaseLimit;
     this.tunnels.add(tunnel);
     tunnel.connect(backend);
@@ -177,16 +202,42 @@ class Tunnel {
   private readonly cursor = new FrameCursor();
   private lifetimeTimer: NodeJS.Timeout | undefined = undefined;
   private graceTimer: NodeJS.Timeout | undefined = undefined;
+  /** Client bytes that follow the request (and its body): the new protocol's, sent after the 101. */
+  private head: Buffer;
+  /** The part of a Content-Length body that came with the headers (empty if none). */
+  private readonly bodyHead: Buffer;
+  /** Body bytes still to be read from the client socket. */
+  private bodyLeft = 0;
+  /** Set once body bytes were taken from the client socket: they cannot be sent to another backend. */
+  private bodyStreamed = false;
+  /** Stops forwarding the body (detaches its listeners, pauses the client); set while it is read. */
+  private stopBody: (() => void) | undefined = undefined;
 
   constructor(
     private readonly proxy: UpgradeProxy,
     private readonly req: IncomingMessage,
     private readonly client: Socket,
-    private readonly head: Buffer,
+    head: Buffer,
     private readonly route: Route,
     private readonly requestId: string,
     private readonly target: string,
+    /** No Upgrade token was left to ask for: an ordinary request whose answer is relayed, then the connection closed. */
+    private readonly plain: boolean,
   ) {
+    // Node hands an Upgrade request over without reading its body: a Content-Length body is the
+    // first bytes of `head`, then of the socket (handle() refused chunked ones).
+    const cl = req.headers['content-length'];
+    const length = cl === undefined ? 0 : Number(cl);
+    if (length > 0) {
+      const inHead = Math.min(length, head.length);
+      this.bodyHead = head.subarray(0, inHead);
+      this.head = head.subarray(inHead);
+      this.bodyLeft = length - inHead;
+      this.bytesIn = inHead;
+    } else {
+      this.bodyHead = head.subarray(0, 0);
+      this.head = head;
+    }
     client.once('close', () => {
       if (!this.opened) {
         // The client left during the handshake: cancel it.
@@ -237,6 +288,8 @@ class Tunnel {
         connected = true;
         clearTimeout(deadline);
         s.setTimeout(this.proxy.handshakeTimeoutMs);
+        // Read the rest of the body only now, so that a connect failure can still go to another backend.
+        if (this.bodyLeft > 0 && this.upstream === up) this.pumpBody(up);
       });
     });
     up.on('timeout', () => {
@@ -245,19 +298,64 @@ class Tunnel {
     });
     up.on('response', (res) => this.onRefused(res));
     up.on('upgrade', (res, socket, head) => this.onUpgrade(res, socket, head));
-    up.end();
+    if (this.bodyLeft === 0) {
+      if (this.bodyHead.length > 0) up.end(this.bodyHead);
+      else up.end();
+      return;
+    }
+    if (this.bodyHead.length > 0) up.write(this.bodyHead);
+    // A client waiting for 100 Continue before its body gets the backend's.
+    if (this.req.headers.expect !== undefined) up.once('continue', () => this.client.write('HTTP/1.1 100 Continue\r\n\r\n'));
+  }
+
+  /**
+   * Forwards the rest of a Content-Length body from the client socket, exactly `bodyLeft` bytes
+   * with backpressure, then ends the request. Bytes after the body stay out of the upstream until
+   * the backend's 101 (they become `head`); the client socket is left paused.
+   */
+  private pumpBody(up: ClientRequest): void {
+    const client = this.client;
+    this.bodyStreamed = true;
+    const onData = (chunk: Buffer): void => {
+      const left = this.bodyLeft;
+      if (chunk.length < left) {
+        this.bodyLeft = left - chunk.length;
+        this.bytesIn += chunk.length;
+        if (!up.write(chunk)) client.pause();
+        return;
+      }
+      this.stopBody?.();
+      this.bodyLeft = 0;
+      this.bytesIn += left;
+      if (chunk.length > left) this.head = chunk.subarray(left);
+      up.end(chunk.subarray(0, left));
+    };
+    const onDrain = (): void => void client.resume();
+    const onEnd = (): void => this.destroy('client_closed'); // the body will never be complete
+    this.stopBody = () => {
+      this.stopBody = undefined;
+      client.removeListener('data', onData);
+      client.removeListener('end', onEnd);
+      up.removeListener('drain', onDrain);
+      client.pause();
+    };
+    client.on('data', onData);
+    client.on('end', onEnd);
+    up.on('drain', onDrain);
+    client.resume();
   }
 
   private onUpstreamError(err: NodeJS.ErrnoException): void {
     const backend = this.backend;
     this.upstream = undefined;
+    this.stopBody?.();
     if (this.opened) return this.destroy('upstream_reset');
     this.release();
     if (this.finished || backend === undefined) return;
     const code = classifyUpstreamError(err);
     if (isPassiveFailure(code)) this.proxy.registry.reportPassiveFailure(backend, code, `${code}: ${err.message}`);
     const policy = this.route.retry;
-    if (isNotSent(code) && policy.onConnectFailure && this.attempts < policy.attempts) {
+    if (isNotSent(code) && policy.onConnectFailure && this.attempts < policy.attempts && !this.bodyStreamed) {
       this.tried.push(backend);
       const next = this.proxy.lb.pickExcluding(this.route.pool, this.req, this.tried);
       if (next !== undefined) {
@@ -280,6 +378,7 @@ class Tunnel {
   /** The backend answered the handshake with something other than 101: relay it, then close. */
   private onRefused(res: IncomingMessage): void {
     const backend = this.backend;
+    this.stopBody?.(); // an answer before the whole body: nothing more goes up
     this.release();
     const status = res.statusCode ?? 502;
     if (backend !== undefined && status >= 500 && this.proxy.registry.consider5xx) this.proxy.registry.reportPassiveFailure(backend, 'http_5xx', `HTTP ${status}`);
@@ -293,7 +392,10 @@ class Tunnel {
     this.client.write(head);
     res.on('error', () => this.client.destroy());
     res.pipe(this.client); // the body, then the end of the connection
-    res.on('end', () => this.finish(status, undefined, 'rejected'));
+    res.on('end', () => {
+      this.finish(status, undefined, 'rejected');
+      closeAfterGrace(this.client);
+    });
   }
 
   private onUpgrade(res: IncomingMessage, upSocket: Socket, upHead: Buffer): void {
@@ -303,6 +405,18 @@ class Tunnel {
       upSocket.destroy();
       return;
     }
+    // A switch nobody asked for (RFC 9110 §15.2.2), or to HTTP/2: not tunnelled (see handle()).
+    const switched = res.headers.upgrade;
+    if (this.plain || (switched !== undefined && namesH2(switched))) {
+      upSocket.destroy();
+      this.stopBody?.();
+      const backend = this.backend;
+      this.release();
+      this.proxy.warn(`upgrade ${this.target} -> 502 http_protocol_error from "${backend?.id}": 101 to "${switched ?? ''}", which the proxy did not ask for [request ${this.requestId}]`);
+      return this.fail(new Error('unrequested protocol switch'), 'http_protocol_error');
+    }
+    // The backend may switch before the whole body is read: the rest follows through the tunnel, in order.
+    this.stopBody?.();
     this.opened = true;
     this.upSocket = upSocket;
     this.status = 101;
@@ -318,6 +432,7 @@ class Tunnel {
     if (this.head.length > 0) this.toBackend(this.head);
 
     client.on('data', (chunk: Buffer) => this.toBackend(chunk));
+    if (this.bodyStreamed) client.resume(); // pumpBody left it paused
     upSocket.on('data', (chunk: Buffer) => this.toClient(chunk));
     client.on('drain', () => upSocket.resume());
     upSocket.on('drain', () => client.resume());
@@ -359,6 +474,7 @@ class Tunnel {
   /** Ends the tunnel with a close frame (1001) to the client, at the next frame boundary. */
   goAway(reason: string): void {
     if (this.finished || this.closing) return;
+    if (this.plain) return; // an ordinary request: it gets shutdownTimeout to finish, as the others do
     if (!this.opened) return this.destroy(reason);
     this.closing = true;
     this.closeReason = reason;
@@ -423,6 +539,35 @@ function summary(
 
 function ignore(): void {}
 
+/**
+ * The Upgrade list without HTTP/2 tokens, or '' when none is left. h2c is never tunnelled (see
+ * handle()); "h2" is dropped too, since a backend that accepted it in cleartext would open the
+ * same bypass (a server must ignore it in Upgrade: RFC 7540 §3.2).
+ */
+function withoutH2(value: string | undefined): string {
+  if (value === undefined) return '';
+  if (value.indexOf(',') < 0) return isH2(value.trim()) ? '' : value; // one token (WebSocket): no split
+  let out = '';
+  for (const part of value.split(',')) {
+    const token = part.trim();
+    if (token !== '' && !isH2(token)) out = out === '' ? token : `${out}, ${token}`;
+  }
+  return out;
+}
+
+function namesH2(value: string): boolean {
+  return value.indexOf(',') < 0 ? isH2(value.trim()) : value.split(',').some((t) => isH2(t.trim()));
+}
+
+/** "h2c" or "h2", any case, with or without a "/version". */
+function isH2(token: string): boolean {
+  const slash = token.indexOf('/');
+  const n = slash < 0 ? token.length : slash;
+  if (n !== 2 && n !== 3) return false;
+  if ((token.charCodeAt(0) | 0x20) !== 0x68 || token.charCodeAt(1) !== 0x32) return false;
+  return n === 2 || (token.charCodeAt(2) | 0x20) === 0x63;
+}
+
 /** An error answer written straight to a socket that has not been upgraded. */
 function writeRawError(socket: Duplex, code: ProxyErrorCode, requestId: string, extraHeaders?: readonly string[]): void {
   if (socket.destroyed || !socket.writable) {
@@ -438,4 +583,28 @@ function writeRawError(socket: Duplex, code: ProxyErrorCode, requestId: string, 
   socket.end(
     `HTTP/1.1 ${status} ${REASON[status] ?? ''}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n${status === 503 ? 'retry-after: 1\r\n' : ''}content-length: ${Buffer.byteLength(body)}\r\nproxy-status: proxymity; error=${code}\r\nx-request-id: ${requestId}\r\n${extra}connection: close\r\n\r\n${body}`,
   );
+  closeAfterGrace(socket);
+}
+
+/**
+ * For a connection answered and ended without a tunnel: whatever the client still sends (a body
+ * not forwarded, pipelined requests) is read and dropped, never forwarded, so that its close is
+ * seen; a client that has not closed CLOSE_GRACE_MS after the answer was all written is cut.
+ */
+function closeAfterGrace(socket: Duplex): void {
+  if (socket.destroyed) return;
+  socket.resume();
+  if (socket.writableFinished) armGrace(socket);
+  else socket.once('finish', () => armGrace(socket));
+}
+
+function armGrace(socket: Duplex): void {
+  if (socket.destroyed) return;
+  const grace = setTimeout(destroySocket, CLOSE_GRACE_MS, socket);
+  grace.unref();
+  socket.once('close', () => clearTimeout(grace));
+}
+
+function destroySocket(socket: Duplex): void {
+  socket.destroy();
 }
