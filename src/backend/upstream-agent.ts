@@ -343,20 +343,25 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
     }
 
     /**
-     * Closes every pooled socket now, out of the pool at once (as sweepIdle does), so that the
-     * next request opens a new connection: used when a pooled connection turned out closed by
-     * the backend as it was reused, which its other idle ones likely are too.
+     * Closes the pooled sockets freed by `freedBy` (performance.now(); all when undefined), out
+     * of the pool at once (as sweepIdle does), so that the next request opens a new connection:
+     * used when a pooled connection turned out closed by the backend as it was reused, which the
+     * ones that have idled as long likely are too.
      */
-    dropIdle(): void {
+    dropIdle(freedBy?: number): void {
       const pools = this.freeSockets as Record<string, PooledSocket[] | undefined>;
       for (const name in pools) {
-        for (const s of pools[name] ?? []) {
+        const free = pools[name];
+        if (free === undefined) continue;
+        for (let i = free.length - 1; i >= 0; i--) {
+          const s = free[i]!;
+          if (freedBy !== undefined && (s.freedAt ?? 0) > freedBy) continue;
+          free.splice(i, 1);
           s.pooled = false;
           s.destroy();
         }
-        delete pools[name];
+        if (free.length === 0) delete pools[name];
       }
-      this.stopSweeping();
     }
 
     stopSweeping(): void {

@@ -360,7 +360,7 @@ export class ProxyEngine {
       return;
     }
     if (beforeResponse) {
-      const next = this.retryTarget(ex, backend, code, stale);
+      const next = this.retryTarget(ex, backend, code, stale, up);
       if (next !== undefined) {
         this.logger.debug(`retrying ${ex.req.method} ${ex.req.url} on "${next.id}" after ${code} from "${backend.id}" [request ${ex.requestId}]`);
         this.retryOn(ex, next);
@@ -387,7 +387,7 @@ export class ProxyEngine {
     cut(ex.res, code);
   }
 
-  private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode | 'status', stale: boolean): Backend | undefined {
+  private retryTarget(ex: Exchange, failed: Backend, code: ProxyErrorCode | 'status', stale: boolean, up?: ClientRequest): Backend | undefined {
     // Once a body byte went upstream, only a body kept for replay (retry.bufferBody) can be sent again.
     if (ex.bodyStarted && ex.replay === undefined) return undefined;
     const method = ex.req.method ?? '';
@@ -397,8 +397,10 @@ export class ProxyEngine {
       ex.staleRetried = true;
       ex.attempts--;
       this.metrics?.recordRetry('stale_connection');
-      // Fresh, not another pooled connection: those idle as long are likely closed too.
-      (failed.agent as { dropIdle?: () => void }).dropIdle?.();
+      // Fresh, not another pooled connection: those that have idled as long are likely closed too
+      // (not those freed since the failed one was: they were just used).
+      const freedAt = (up?.socket as { freedAt?: number } | null | undefined)?.freedAt;
+      (failed.agent as { dropIdle?: (freedBy?: number) => void }).dropIdle?.(freedAt);
       return failed;
     }
     const policy = ex.route.retry;
@@ -548,11 +550,11 @@ export class ProxyEngine {
     if (tx?.storing === true) tx.capture(pres);
     // Announced trailers (gRPC-web status, checksums) are copied after the body.
     relay(ex, pres, trailers);
-    // Node sends the headers with the first body byte. A body without a length (a stream: server-
-    // sent events, chunked long polls) may not start for a while: its headers go out on the next
-    // tick if no body byte has come with them. A body with a length comes at once, in the same
-    // write (no extra write, and no tick, for the common answer).
-    if (ex.req.httpVersionMajor === 1 && !res.writableEnded && rawHeader(pres.rawHeaders, 'content-length') === undefined) process.nextTick(flushHead, ex);
+    // Node sends the headers with the first body byte. A chunked body (a stream: server-sent
+    // events, chunked long polls) may not start for a while: its headers go out on the next tick
+    // if no body byte has come with them. A body with a length comes at once, in the same write
+    // (no extra write, and no tick, for the common answer); 204, 304 and HEAD are not chunked.
+    if (res.chunkedEncoding && !res.writableEnded) process.nextTick(flushHead, ex);
   }
 
   /**
@@ -778,16 +780,6 @@ function forwardRequestTrailers(this: WithExchange<IncomingMessage>): void {
   up.end();
 }
 
-/**
- * Relays the backend's response body to the client: what `pres.pipe(res)` did, for less. pipe()
- * creates about ten closures per response and adds six listeners to the two streams with them
- * (three through once() wrappers, which allocate again), and takes them off at the end; this
- * adds two shared ones, and a third only on a client that falls behind, once per response.
- * Measured at a fixed rate, small GETs cost 1-13% less CPU per request (means of 3.6% and 7.9%
- * in two batches of six paired runs; docs/benchmarks.md#relaying-the-response-body).
- * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
- * Nothing is written once the client connection closed; onClientClose cancels the upstream.
- */
 /** Sends the response headers now if no body byte has taken them out yet (see onUpstreamResponse). */
 function flushHead(ex: Exchange): void {
   const res = ex.res as ServerResponse & { _headerSent?: boolean };
@@ -804,7 +796,8 @@ function writeResponseHead(ex: Exchange, pres: IncomingMessage, headers: string[
 /** Undoes a writeHead that threw: the headers it set, and the reason phrase (a later writeHead keeps one already set). */
 function resetResponseHead(res: ServerResponse): void {
   for (const name of res.getHeaderNames()) res.removeHeader(name);
-  res.statusMessage = '';
+  // HTTP/2 has no reason phrase (setting one draws a Node warning).
+  if (res.req.httpVersionMajor === 1) res.statusMessage = '';
 }
 
 /** A flat [name, value, ...] list without the named field (lower-case name). */
@@ -814,6 +807,16 @@ function withoutField(headers: string[], name: string): string[] {
   return out;
 }
 
+/**
+ * Relays the backend's response body to the client: what `pres.pipe(res)` did, for less. pipe()
+ * creates about ten closures per response and adds six listeners to the two streams with them
+ * (three through once() wrappers, which allocate again), and takes them off at the end; this
+ * adds two shared ones, and a third only on a client that falls behind, once per response.
+ * Measured at a fixed rate, small GETs cost 1-13% less CPU per request (means of 3.6% and 7.9%
+ * in two batches of six paired runs; docs/benchmarks.md#relaying-the-response-body).
+ * Backpressure is pipe's: a write the client cannot take yet pauses the body until `drain`.
+ * Nothing is written once the client connection closed; onClientClose cancels the upstream.
+ */
 function relay(ex: Exchange, pres: IncomingMessage, trailers: boolean): void {
   ex.body = pres;
   ex.bodyTrailers = trailers;

@@ -3,6 +3,7 @@
  * the client-side timeouts. Runs once at bootstrap (control plane).
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
@@ -64,18 +65,43 @@ export class ProxyServerBinding implements OnApplicationBootstrap {
   }
 }
 
+/** Requests a connection may have waiting behind the one being answered before it is read no further. */
+export const MAX_QUEUED_PIPELINED = 32;
+const kQueued = Symbol('proxymity.pipelined');
+type PipelinedSocket = Socket & { [kQueued]?: number; _paused?: boolean };
+
 /**
  * A pipelined HTTP/1.1 request (sent before the answer to the one ahead of it on the
  * connection): Node parses every request in a read at once and hands each over, and its answer
  * waits in line for a socket. Forwarded at once, one connection could hold a thousand upstream
  * requests (and backend connections) in flight, starving every other client. As nginx and
  * HAProxy do, a connection's requests are forwarded one at a time: this one when its answer's
- * turn comes (Node gives it the socket). Its body, if any, waits unread meanwhile (Node stops
- * reading the connection once the request's buffer is full). A connection that closes first
- * takes the request with it, never forwarded.
+ * turn comes (Node gives it the socket), on the tick after, once the answer before it has
+ * closed and released what it held (backend slot, in-flight and rate-limit counts). Its body,
+ * if any, waits unread meanwhile. A connection that closes first takes the request with it,
+ * never forwarded.
+ * Queued requests write nothing, so Node's own brake (it stops reading a connection whose
+ * answers are not being taken) never engages: past MAX_QUEUED_PIPELINED waiting requests the
+ * connection is paused the way Node pauses it (its `_paused` flag, which it clears, and resumes
+ * reading, as answers go out), so one client cannot queue requests without bound.
  */
 export function whenAtHead(req: IncomingMessage, res: ServerResponse, serve: (req: IncomingMessage, res: ServerResponse) => void): void {
-  res.once('socket', () => serve(req, res));
+  const socket = req.socket as PipelinedSocket;
+  const queued = (socket[kQueued] ?? 0) + 1;
+  socket[kQueued] = queued;
+  if (queued > MAX_QUEUED_PIPELINED && socket._paused !== true) {
+    socket._paused = true;
+    socket.pause();
+  }
+  res.once('socket', () => {
+    socket[kQueued] = (socket[kQueued] ?? 1) - 1;
+    process.nextTick(serveIfOpen, req, res, serve);
+  });
+}
+
+function serveIfOpen(req: IncomingMessage, res: ServerResponse, serve: (req: IncomingMessage, res: ServerResponse) => void): void {
+  if (req.socket.destroyed) return;
+  serve(req, res);
 }
 
 /**
@@ -86,8 +112,15 @@ export function whenAtHead(req: IncomingMessage, res: ServerResponse, serve: (re
  */
 export function continueAfter(serve: (req: IncomingMessage, res: ServerResponse) => void): (req: IncomingMessage, res: ServerResponse) => void {
   const go = (req: IncomingMessage, res: ServerResponse): void => {
+    // Answered without its 100, the client may never send the body, and the connection's next
+    // bytes would be read as that body: such an answer closes the connection.
+    const keepAlive = res.shouldKeepAlive;
+    res.shouldKeepAlive = false;
     serve(req, res);
-    if (!res.headersSent && !res.writableEnded) res.writeContinue();
+    if (!res.headersSent && !res.writableEnded) {
+      res.shouldKeepAlive = keepAlive;
+      res.writeContinue();
+    }
   };
   return function proxymityContinue(req: IncomingMessage, res: ServerResponse) {
     if (res.socket === null) whenAtHead(req, res, go);
@@ -99,8 +132,18 @@ export function continueAfter(serve: (req: IncomingMessage, res: ServerResponse)
  * CONNECT on a proxy listener (Node hands it to the 'connect' event, and with no listener closes
  * the connection without a word): 405, as for CONNECT over HTTP/2. A reverse proxy opens no tunnels.
  */
-export function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
+export function refuseConnect(req: IncomingMessage, socket: Duplex | ServerResponse): void {
+  // HTTP/2 (Node's compatibility layer hands over the response, not a socket): a 405 on the stream.
+  if ((req as { stream?: unknown }).stream !== undefined) {
+    const res = socket as ServerResponse;
+    res.writeHead(405, { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS', 'content-type': 'text/plain' });
+    res.end('405 Method Not Allowed: CONNECT is not served (a reverse proxy opens no tunnels)\n');
+    return;
+  }
+  socket = socket as Duplex;
   socket.on('error', () => undefined);
+  // Pipelined behind an answer still being sent: a 405 would land inside it.
+  if ((socket as { _httpMessage?: unknown })._httpMessage != null) return void socket.destroy();
   const body = '405 Method Not Allowed: CONNECT is not served (a reverse proxy opens no tunnels)\n';
   const hsts = hstsOfSocket(socket);
   socket.end(

@@ -239,7 +239,7 @@ function toOriginForm(req: IncomingMessage): boolean {
  * host); RFC 9110 §7.2: Host is a host and an optional port, never userinfo (`user@host`).
  * Counts the names of length 4 in the raw list: no allocation.
  */
-function oneValidHost(req: IncomingMessage): boolean {
+export function oneValidHost(req: IncomingMessage): boolean {
   const host = req.headers.host;
   if (host !== undefined && host.includes('@')) return false;
   const raw = req.rawHeaders;

@@ -34,6 +34,7 @@ import type { Verdict } from '../rate-limit/rate-limit.service.js';
 import { applyRequestOps, type Route } from '../routing/route.js';
 import { RoutingService } from '../routing/routing.service.js';
 import { buildResponseHeaders, prepareRequestHeaders, type HeaderPolicy } from './hop-headers.js';
+import { oneValidHost } from './proxy.middleware.js';
 import { classifyUpstreamError, CONNECT_TIMEOUT, ERROR_BODIES, isNotSent, isPassiveFailure, PROXY_ERRORS, READ_TIMEOUT, REASON, type ProxyErrorCode } from './proxy-errors.js';
 import { hstsOfSocket } from './hsts.js';
 import { FrameCursor, serverCloseFrame } from './ws-frames.js';
@@ -97,6 +98,7 @@ export class UpgradeProxy {
     const target = req.url as string;
     if (!this.enabled && !plain) return this.refuse(req, socket, requestId, 'destination_not_found', 'disabled');
     if (this.draining) return this.refuse(req, socket, requestId, 'destination_unavailable', 'no_backend');
+    if (!oneValidHost(req)) return this.refuse(req, socket, requestId, 'invalid_host', 'error');
     if (target.length > this.maxUrlLength || target.charCodeAt(0) !== 47) return this.refuse(req, socket, requestId, target.length > this.maxUrlLength ? 'uri_too_long' : 'http_request_error', 'error');
     // Node does not parse the body of a request it hands to `upgrade`: its bytes follow the
     // headers raw (in `head`, then on the socket). A Content-Length body is counted off and
@@ -589,13 +591,13 @@ function writeRawError(socket: Duplex, code: ProxyErrorCode, requestId: string, 
 /**
  * For a connection answered and ended without a tunnel: whatever the client still sends (a body
  * not forwarded, pipelined requests) is read and dropped, never forwarded, so that its close is
- * seen; a client that has not closed CLOSE_GRACE_MS after the answer was all written is cut.
+ * seen; a client that has not closed CLOSE_GRACE_MS after the answer was ended is cut.
  */
 function closeAfterGrace(socket: Duplex): void {
   if (socket.destroyed) return;
   socket.resume();
-  if (socket.writableFinished) armGrace(socket);
-  else socket.once('finish', () => armGrace(socket));
+  // From now, not from the answer's last byte: a client that reads nothing never gets there.
+  armGrace(socket);
 }
 
 function armGrace(socket: Duplex): void {

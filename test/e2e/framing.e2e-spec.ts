@@ -190,11 +190,12 @@ describe('what one connection may ask for', () => {
       }, 30);
     });
     await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
-    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+    // maxConcurrent 1: each request is served only once the one before it released its slot.
+    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}\nrateLimit: {rate: 1000, maxConcurrent: 1}');
     try {
       const requests = Array.from({ length: 8 }, (_, i) => `GET /p${i} HTTP/1.1\r\nHost: x\r\n${i === 7 ? 'Connection: close\r\n' : ''}\r\n`).join('');
       const answer = await raw(sut.port, requests);
-      assert.equal(statusLines(answer).length, 8);
+      assert.deepEqual(statusLines(answer), Array(8).fill('HTTP/1.1 200 OK'), 'none refused by maxConcurrent');
       assert.deepEqual(answer.match(/\/p\d/g), ['/p0', '/p1', '/p2', '/p3', '/p4', '/p5', '/p6', '/p7']);
       assert.equal(most, 1, 'one request of the connection at the backend at a time');
     } finally {

@@ -200,6 +200,11 @@ listeners:
       assert.ok(!Object.keys(echo.headers).some((k) => k.startsWith(':')), 'no pseudo-header upstream');
       // At most 128 streams at once per connection (Node's own default is 2^32-1).
       assert.equal(client.remoteSettings.maxConcurrentStreams, 128);
+      // CONNECT: a reverse proxy opens no tunnels (a 2xx here would mean one was opened).
+      const connect = client.request({ ':method': 'CONNECT', ':authority': 'example.com:443' });
+      const status = await new Promise<number>((resolve, reject) => connect.once('response', (h) => resolve(Number(h[':status']))).once('error', reject));
+      assert.equal(status, 405);
+      connect.close();
     } finally {
       client.close();
     }
