@@ -4,16 +4,17 @@
  * trusted proxies. Real: app, sockets, backends.
  */
 import assert from 'node:assert/strict';
-import http from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import { beforeEach, describe, it } from 'node:test';
 import { BackendRegistry } from '../../src/backend/index.js';
 import { closeAll, startBackends } from '../fixtures/backend-server.js';
 import { request } from '../helpers/http-client.js';
+import { pollUntil } from '../helpers/poll-until.js';
 import { proxyFixture, startProxy } from '../helpers/proxy.js';
 
 /** Sends raw bytes, returns everything the proxy answered until it closed (or 2 s passed). */
-function raw(port: number, bytes: string, opts: { halfClose?: boolean } = {}): Promise<string> {
+function raw(port: number, bytes: string, opts: { halfClose?: boolean; timeoutMs?: number } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => {
       s.write(bytes);
@@ -23,7 +24,7 @@ function raw(port: number, bytes: string, opts: { halfClose?: boolean } = {}): P
     s.on('data', (d) => (out += d));
     s.on('close', () => resolve(out));
     s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' ? resolve(out) : reject(e)));
-    s.setTimeout(2000, () => s.destroy());
+    s.setTimeout(opts.timeoutMs ?? 2000, () => s.destroy());
   });
 }
 
@@ -198,6 +199,33 @@ describe('what one connection may ask for', () => {
       assert.deepEqual(statusLines(answer), Array(8).fill('HTTP/1.1 200 OK'), 'none refused by maxConcurrent');
       assert.deepEqual(answer.match(/\/p\d/g), ['/p0', '/p1', '/p2', '/p3', '/p4', '/p5', '/p6', '/p7']);
       assert.equal(most, 1, 'one request of the connection at the backend at a time');
+    } finally {
+      await sut.close();
+      origin.close();
+    }
+  });
+
+  it('reads a connection no further while more than 32 pipelined requests wait, and serves them all once answers go out', { timeout: 20_000 }, async () => {
+    let release: (() => void) | undefined;
+    const origin = http.createServer((req, res) => {
+      if (req.url === '/held') release = () => res.end('held');
+      else res.end('x');
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const sut = await startProxy([`http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`], 'healthCheck: {enabled: false}');
+    const parsed: IncomingMessage[] = [];
+    sut.server.prependListener('request', (req: IncomingMessage) => void parsed.push(req));
+    try {
+      const n = 3000; // about 100 KB: more than one 64 KiB read
+      const requests = 'GET /held HTTP/1.1\r\nHost: x\r\n\r\n' + Array.from({ length: n - 1 }, (_, i) => `GET /q${i} HTTP/1.1\r\nHost: x\r\n${i === n - 2 ? 'Connection: close\r\n' : ''}\r\n`).join('');
+      const answer = raw(sut.port, requests, { timeoutMs: 15_000 });
+      await pollUntil(() => release, (r) => r !== undefined, { what: 'the first request at the backend' });
+      await pollUntil(() => parsed.length, (count) => count > 33, { what: 'the queue to pass 32' });
+      assert.equal(parsed[0]!.socket.isPaused(), true, 'the connection is read no further');
+      assert.ok(parsed.length < n, `${parsed.length} of ${n} requests read while the first waits`);
+      release!();
+      const text = await answer;
+      assert.equal(statusLines(text).length, n, 'every request answered once reading resumed');
     } finally {
       await sut.close();
       origin.close();
