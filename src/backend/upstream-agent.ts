@@ -323,6 +323,23 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
     /** Closes the pooled sockets that are due, and stops when the pool is empty. */
     sweepIdle(): void {
       const now = performance.now() + this.sweepEveryMs; // due before the next sweep: close now
+      if (this.closePooled((s) => now - (s.freedAt ?? 0) >= (s.idleLimit ?? 0)) === 0) this.stopSweeping();
+    }
+
+    /**
+     * Closes the pooled sockets freed by `freedBy` (performance.now(); all when undefined), so
+     * that the next request opens a new connection: used when a pooled connection turned out
+     * closed by the backend as it was reused, which the ones that have idled as long likely are too.
+     */
+    dropIdle(freedBy?: number): void {
+      this.closePooled((s) => freedBy === undefined || (s.freedAt ?? 0) <= freedBy);
+    }
+
+    /**
+     * Closes the pooled sockets `due` picks, out of the pool at once (Node would hand out a
+     * destroyed socket until its 'close'). Returns how many stay pooled.
+     */
+    private closePooled(due: (s: PooledSocket) => boolean): number {
       let left = 0;
       const pools = this.freeSockets as Record<string, PooledSocket[] | undefined>;
       for (const name in pools) {
@@ -330,8 +347,7 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
         if (free === undefined) continue;
         for (let i = free.length - 1; i >= 0; i--) {
           const s = free[i]!;
-          if (now - (s.freedAt ?? 0) >= (s.idleLimit ?? 0)) {
-            // Out of the pool now: Node would hand out a destroyed socket until its 'close'.
+          if (due(s)) {
             free.splice(i, 1);
             s.pooled = false;
             s.destroy();
@@ -339,29 +355,7 @@ function withPhaseTimeouts<TBase extends AgentClass>(Base: TBase) {
         }
         if (free.length === 0) delete pools[name];
       }
-      if (left === 0) this.stopSweeping();
-    }
-
-    /**
-     * Closes the pooled sockets freed by `freedBy` (performance.now(); all when undefined), out
-     * of the pool at once (as sweepIdle does), so that the next request opens a new connection:
-     * used when a pooled connection turned out closed by the backend as it was reused, which the
-     * ones that have idled as long likely are too.
-     */
-    dropIdle(freedBy?: number): void {
-      const pools = this.freeSockets as Record<string, PooledSocket[] | undefined>;
-      for (const name in pools) {
-        const free = pools[name];
-        if (free === undefined) continue;
-        for (let i = free.length - 1; i >= 0; i--) {
-          const s = free[i]!;
-          if (freedBy !== undefined && (s.freedAt ?? 0) > freedBy) continue;
-          free.splice(i, 1);
-          s.pooled = false;
-          s.destroy();
-        }
-        if (free.length === 0) delete pools[name];
-      }
+      return left;
     }
 
     stopSweeping(): void {
